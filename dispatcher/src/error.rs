@@ -1,0 +1,160 @@
+//! The one user-facing error of the HTTP API: a stable machine-readable code, a
+//! message, and the status it maps to. Every handler returns it; it is logged in one
+//! place (`IntoResponse`), server-side failures at error level with their cause.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tenantry::db::DbError;
+use tenantry::quota::QuotaExceeded;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Sent as `Retry-After` (seconds) with 429 and 503.
+    pub retry_after: Option<Duration>,
+    /// Extra fields merged into the error object (e.g. the exceeded resource). Boxed:
+    /// the error travels in every `Result` of every handler, and is rarely detailed.
+    pub details: Option<Box<serde_json::Value>>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            details: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// An invalid value: the message names the field.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            format!("{field}: {message}"),
+        )
+        .with_details(json!({ "field": field }))
+    }
+    pub fn unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what} is unavailable; try again shortly"),
+        )
+        .with_retry_after(Duration::from_secs(5))
+    }
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
+    }
+
+    /// 429 where waiting frees the resource (hourly calls, concurrent jobs), 403
+    /// where only deleting or a higher limit can (documents, storage, collections).
+    pub fn quota(q: &QuotaExceeded, retry_after: Option<Duration>) -> Self {
+        let status = if q.resource.frees_up_by_itself() {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let mut err = Self::new(status, "quota_exceeded", q.to_string()).with_details(json!({
+            "resource": q.resource,
+            "limit": q.limit,
+            "current_usage": q.used,
+        }));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            err.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(1)));
+        }
+        err
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if tenantry::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "Postgres unavailable.");
+            Self::unavailable("the database")
+        } else {
+            Self::internal("Database query failed.", e)
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sql(e) => e.into(),
+            other if other.is_unavailable() => Self::unavailable("the database"),
+            other => Self::internal("Database failure.", other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::debug!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "Request failed."
+            );
+        }
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.details.map(|d| *d), error.as_object_mut())
+        {
+            for (k, v) in extra {
+                obj.entry(k).or_insert(v);
+            }
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,21 @@
+//! tenantry's dispatcher: the HTTP API in front of the fleet.
+//!
+//! # Layout
+//! - [`startup`]: `Application::build` and `run_until_stopped`.
+//! - [`routes`]: the route table and handlers (jobs, admin, ops).
+//! - [`auth`]: API key → tenant (cached briefly), admin token.
+//! - [`pump`]: publishes the Postgres backlog to the broker, fairly, with confirms.
+//! - [`error`]: the one API error type and its stable codes.
+//! - [`extract`]: JSON, path and query extractors with our error shape.
+
+pub mod auth;
+pub mod demo;
+pub mod documents;
+pub mod error;
+pub mod extract;
+pub mod pump;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use startup::Application;

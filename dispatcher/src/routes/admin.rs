@@ -1,0 +1,244 @@
+//! `/v1/admin/…`: tenants and their keys (admin token only).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use tenantry::api_key::ApiKey;
+use tenantry::db::{self, tenants::NewTenant, tenants::TenantWriteError};
+use tenantry::tenancy::{IsolationMode, TenantId};
+use uuid::Uuid;
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+const MAX_NAME_LEN: usize = 200;
+const MAX_EMAIL_LEN: usize = 254;
+
+fn parse_tenant_id(raw: &str) -> ApiResult<TenantId> {
+    // A malformed id cannot name an existing tenant.
+    TenantId::parse(raw).map_err(|_| ApiError::not_found("tenant"))
+}
+
+pub(crate) fn validate_name(field: &str, name: &str) -> ApiResult<()> {
+    if name.trim().is_empty()
+        || name.chars().count() > MAX_NAME_LEN
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be 1–{MAX_NAME_LEN} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_email(email: &str) -> ApiResult<()> {
+    let ok = email.len() <= MAX_EMAIL_LEN
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if !ok {
+        return Err(ApiError::invalid("email", "must be an email address"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Chosen by the admin, or generated when absent.
+    pub id: Option<String>,
+    pub name: String,
+    pub email: String,
+    pub plan: Option<String>,
+    pub isolation: Option<IsolationMode>,
+}
+
+/// `POST /v1/admin/tenants`
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<Response> {
+    let id = match body.id.as_deref() {
+        Some(raw) => TenantId::parse(raw).map_err(|e| ApiError::invalid("id", e))?,
+        None => TenantId::generate(),
+    };
+    validate_name("name", &body.name)?;
+    validate_email(&body.email)?;
+    let new = NewTenant {
+        id,
+        name: body.name.trim().to_owned(),
+        email: body.email,
+        plan: body.plan.unwrap_or_else(|| "standard".to_owned()),
+        isolation: body.isolation.unwrap_or(IsolationMode::Collection),
+    };
+    match db::tenants::create(&state.pool, &new, Admin::ACTOR).await {
+        Ok(tenant) => Ok((StatusCode::CREATED, Json(tenant)).into_response()),
+        Err(TenantWriteError::Exists(id)) => Err(ApiError::conflict(
+            "tenant_exists",
+            format!("tenant {id} already exists"),
+        )),
+        Err(TenantWriteError::UnknownPlan(plan)) => {
+            Err(ApiError::invalid("plan", format!("unknown plan {plan:?}")))
+        }
+        Err(TenantWriteError::Sql(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTenants {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/admin/tenants`
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<ListTenants>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            TenantId::parse(c)
+                .map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page"))?,
+        ),
+    };
+    let tenants = db::tenants::list(&state.pool, after.as_ref(), limit).await?;
+    let next_cursor = (tenants.len() as i64 == limit)
+        .then(|| tenants.last().map(|t| t.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "tenants": tenants, "next_cursor": next_cursor })).into_response())
+}
+
+/// `GET /v1/admin/tenants/{id}`
+pub async fn show_tenant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    let tenant = db::tenants::get(&mut conn, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok(Json(tenant).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/admin/tenants/{id}/keys`: the secret is in this answer and nowhere else, ever.
+pub async fn issue_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    // The body is optional here: no body means an unnamed key that never expires.
+    let body: IssueKey = if body.iter().all(u8::is_ascii_whitespace) {
+        IssueKey {
+            name: None,
+            expires_at: None,
+        }
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let name = body.name.unwrap_or_default();
+    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be at most {MAX_NAME_LEN} characters without control characters"),
+        ));
+    }
+    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::invalid("expires_at", "must be in the future"));
+    }
+    let mut tx = state.pool.begin().await?;
+    if db::tenants::get(&mut tx, &id).await?.is_none() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let key = ApiKey::generate();
+    let info = db::keys::insert(&mut tx, &id, &key, &name, body.expires_at).await?;
+    db::audit::record(
+        &mut tx,
+        Some(&id),
+        Admin::ACTOR,
+        "key.issued",
+        None,
+        serde_json::to_value(&info).ok(),
+    )
+    .await?;
+    tx.commit().await?;
+    let mut answer = serde_json::to_value(&info).unwrap_or_default();
+    answer["key"] = json!(key.expose());
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `GET /v1/admin/tenants/{id}/keys`: prefixes and metadata only.
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    if db::tenants::get(&mut conn, &id).await?.is_none() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    drop(conn);
+    let keys = db::keys::list(&state.pool, &id).await?;
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+/// `DELETE /v1/admin/tenants/{id}/keys/{key_id}`: revokes; refused everywhere within
+/// the auth cache period.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath((id, key_id)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let key_id = Uuid::parse_str(&key_id).map_err(|_| ApiError::not_found("key"))?;
+    let mut tx = state.pool.begin().await?;
+    let (before, after) = db::keys::revoke(&mut tx, &id, key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    if before.revoked_at.is_none() {
+        db::audit::record(
+            &mut tx,
+            Some(&id),
+            Admin::ACTOR,
+            "key.revoked",
+            serde_json::to_value(&before).ok(),
+            serde_json::to_value(&after).ok(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    state.keys.forget_tenant(id.as_str());
+    Ok(Json(after).into_response())
+}

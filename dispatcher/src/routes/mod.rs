@@ -1,0 +1,49 @@
+//! The HTTP API's routes, in one table.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub mod admin;
+pub mod jobs;
+pub mod ops;
+
+/// Every route of the dispatcher; testable without a socket.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route(
+            "/v1/admin/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route("/v1/admin/tenants/{id}", get(admin::show_tenant))
+        .route(
+            "/v1/admin/tenants/{id}/keys",
+            post(admin::issue_key).get(admin::list_keys),
+        )
+        .route(
+            "/v1/admin/tenants/{id}/keys/{key_id}",
+            delete(admin::revoke_key),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

@@ -1,0 +1,116 @@
+//! Assembling and running a dispatcher: `Application::build` connects and binds,
+//! `run_until_stopped` serves until the token is cancelled, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tenantry::broker::Topology;
+use tenantry::config::Settings;
+use tenantry::job::Signer;
+use tenantry::{db, embed, vector};
+use tenantry_worker::{Resources, run_workers};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyCache;
+use crate::pump::Pump;
+use crate::routes::router;
+use crate::state::{AppState, Inner};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    /// Workers run inside this process (`--workers N`), sharing its vector store.
+    workers: usize,
+}
+
+impl Application {
+    /// Connects to Postgres (creating and migrating the database; retried with backoff
+    /// while it is down), opens the vector store, binds the listener. The broker is
+    /// connected by the pump, which keeps retrying on its own.
+    pub async fn build(
+        settings: Settings,
+        workers: usize,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_with_retry(&settings.database_url, 16 + 2 * workers as u32, stop)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let store = vector::open(&settings).await?;
+        let embedder = embed::from_settings(&settings.embedder)?;
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding {}", settings.http_addr))?;
+        let state = AppState::new(Inner {
+            keys: KeyCache::new(settings.auth_cache_ttl),
+            topology: Topology::new(&settings.queue_prefix),
+            pool,
+            embedder,
+            store,
+            pump_wake: Arc::new(Notify::new()),
+            broker_up: Arc::new(AtomicBool::new(false)),
+            settings,
+        });
+        Ok(Self {
+            listener,
+            state,
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.settings.http_addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `stop` is cancelled; then stops accepting, lets in-flight requests
+    /// and jobs finish (workers up to the shutdown grace period), and returns.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state;
+        let settings = &state.settings;
+        let pump = Pump {
+            pool: state.pool.clone(),
+            amqp_url: settings.amqp_url.clone(),
+            topology: state.topology.clone(),
+            signer: Signer::new(settings.signing_secret.expose().as_bytes()),
+            window: i64::from(settings.tenant_window),
+            wake: state.pump_wake.clone(),
+            broker_up: state.broker_up.clone(),
+        };
+        let pump_task = tokio::spawn(pump.run(stop.child_token()));
+        let workers_task = (self.workers > 0).then(|| {
+            let resources = Resources {
+                settings: settings.clone(),
+                pool: state.pool.clone(),
+                store: state.store.clone(),
+                embedder: state.embedder.clone(),
+                on_job_end: Some(state.pump_wake.clone()),
+            };
+            tokio::spawn(run_workers(resources, self.workers, stop.child_token()))
+        });
+        tracing::info!(
+            addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            workers = self.workers,
+            backend = state.store.backend(),
+            "The dispatcher is listening."
+        );
+        axum::serve(self.listener, router(state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        if let Some(task) = workers_task {
+            task.await.context("worker task")??;
+        }
+        let _ = pump_task.await;
+        tracing::info!("The dispatcher stopped.");
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! What every request handler can reach.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::PgPool;
+use tenantry::broker::Topology;
+use tenantry::config::Settings;
+use tenantry::embed::Embedder;
+use tenantry::vector::SharedVectorStore;
+use tokio::sync::Notify;
+
+use crate::auth::KeyCache;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub keys: KeyCache,
+    pub embedder: Arc<dyn Embedder>,
+    pub store: SharedVectorStore,
+    pub topology: Topology,
+    /// Wakes the pump when a job enters the backlog.
+    pub pump_wake: Arc<Notify>,
+    /// Whether the pump's broker connection is up (for /readyz).
+    pub broker_up: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    pub fn broker_is_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,474 @@
+//! Settings: every environment variable tenantry reads, its default, and its parsing.
+//!
+//! The names in DESIGN.md's contract are fixed; every variable is a `const` here so a
+//! test can check that deployment files set only names the binaries read.
+//! Loading is `Settings::from_env()` (defaults, then the environment); a bad value is
+//! an error naming the variable, never a silent default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const ENV_DATABASE_URL: &str = "TENANTRY_DATABASE_URL";
+pub const ENV_AMQP_URL: &str = "TENANTRY_AMQP_URL";
+pub const ENV_QUEUE_PREFIX: &str = "TENANTRY_QUEUE_PREFIX";
+pub const ENV_HTTP_ADDR: &str = "TENANTRY_HTTP_ADDR";
+pub const ENV_ADMIN_TOKEN: &str = "TENANTRY_ADMIN_TOKEN";
+pub const ENV_SIGNING_SECRET: &str = "TENANTRY_SIGNING_SECRET";
+pub const ENV_VECTOR_BACKEND: &str = "TENANTRY_VECTOR_BACKEND";
+pub const ENV_DATA_DIR: &str = "TENANTRY_DATA_DIR";
+pub const ENV_QDRANT_URL: &str = "QDRANT_URL";
+pub const ENV_QDRANT_API_KEY: &str = "QDRANT_API_KEY";
+pub const ENV_WEBHOOK_ALLOW_PRIVATE: &str = "TENANTRY_WEBHOOK_ALLOW_PRIVATE";
+pub const ENV_EMBEDDER: &str = "TENANTRY_EMBEDDER";
+pub const ENV_EMBEDDER_URL: &str = "TENANTRY_EMBEDDER_URL";
+pub const ENV_EMBEDDER_MODEL: &str = "TENANTRY_EMBEDDER_MODEL";
+pub const ENV_EMBEDDER_DIM: &str = "TENANTRY_EMBEDDER_DIM";
+pub const ENV_EMBEDDER_API_KEY: &str = "TENANTRY_EMBEDDER_API_KEY";
+// Additions to the contract (tunables); each has a default that suits one machine.
+/// `dev` allows a missing signing secret (a fixed, loudly-logged development key).
+pub const ENV_PROFILE: &str = "TENANTRY_PROFILE";
+pub const ENV_MAX_BODY_BYTES: &str = "TENANTRY_MAX_BODY_BYTES";
+pub const ENV_BATCH_MAX_ITEMS: &str = "TENANTRY_BATCH_MAX_ITEMS";
+pub const ENV_WORKER_PREFETCH: &str = "TENANTRY_WORKER_PREFETCH";
+pub const ENV_WORKER_CONCURRENCY: &str = "TENANTRY_WORKER_CONCURRENCY";
+pub const ENV_MAX_ATTEMPTS: &str = "TENANTRY_MAX_ATTEMPTS";
+pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TENANTRY_SHUTDOWN_GRACE_SECS";
+pub const ENV_AUTH_CACHE_SECS: &str = "TENANTRY_AUTH_CACHE_SECS";
+pub const ENV_TENANT_WINDOW: &str = "TENANTRY_TENANT_WINDOW";
+pub const ENV_HEARTBEAT_SECS: &str = "TENANTRY_HEARTBEAT_SECS";
+pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
+
+/// Every variable the binaries read, for deployment-file checks.
+pub const ALL_ENV_VARS: &[&str] = &[
+    ENV_DATABASE_URL,
+    ENV_AMQP_URL,
+    ENV_QUEUE_PREFIX,
+    ENV_HTTP_ADDR,
+    ENV_ADMIN_TOKEN,
+    ENV_SIGNING_SECRET,
+    ENV_VECTOR_BACKEND,
+    ENV_DATA_DIR,
+    ENV_QDRANT_URL,
+    ENV_QDRANT_API_KEY,
+    ENV_WEBHOOK_ALLOW_PRIVATE,
+    ENV_EMBEDDER,
+    ENV_EMBEDDER_URL,
+    ENV_EMBEDDER_MODEL,
+    ENV_EMBEDDER_DIM,
+    ENV_EMBEDDER_API_KEY,
+    ENV_PROFILE,
+    ENV_MAX_BODY_BYTES,
+    ENV_BATCH_MAX_ITEMS,
+    ENV_WORKER_PREFETCH,
+    ENV_WORKER_CONCURRENCY,
+    ENV_MAX_ATTEMPTS,
+    ENV_SHUTDOWN_GRACE_SECS,
+    ENV_AUTH_CACHE_SECS,
+    ENV_TENANT_WINDOW,
+    ENV_HEARTBEAT_SECS,
+    ENV_LOG_FORMAT,
+    "RUST_LOG",
+];
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantry";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_QUEUE_PREFIX: &str = "tenantry";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_QDRANT_URL: &str = "http://127.0.0.1:6334";
+
+/// The development signing key, used only with `TENANTRY_PROFILE=dev`.
+const DEV_SIGNING_SECRET: &str = "tenantry-development-signing-secret-not-for-production";
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorBackend {
+    Edge,
+    Qdrant,
+}
+
+impl VectorBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Qdrant => "qdrant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedderSettings {
+    /// The deterministic feature-hashing embedder (offline, lexical).
+    Hash { dimension: usize },
+    /// An OpenAI-compatible `/v1/embeddings` server.
+    OpenAi {
+        url: String,
+        model: String,
+        dimension: usize,
+        api_key: Option<Secret>,
+    },
+}
+
+/// Worker tunables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSettings {
+    /// Unacknowledged deliveries a worker holds at once (AMQP prefetch).
+    pub prefetch: u16,
+    /// Jobs one worker processes concurrently.
+    pub concurrency: usize,
+    /// Attempts before a retryable failure becomes FAILED and dead-lettered.
+    pub max_attempts: u32,
+    /// How long SIGTERM waits for in-flight jobs before exiting.
+    pub shutdown_grace: Duration,
+    /// How often a worker announces itself; it counts as dead after 3 missed beats.
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub profile: Profile,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub queue_prefix: String,
+    pub http_addr: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub signing_secret: Secret,
+    pub vector_backend: VectorBackend,
+    pub data_dir: PathBuf,
+    pub qdrant_url: String,
+    pub qdrant_api_key: Option<Secret>,
+    pub webhook_allow_private: bool,
+    pub embedder: EmbedderSettings,
+    /// Largest request body the dispatcher reads (413 above).
+    pub max_body_bytes: usize,
+    /// Most documents in one `POST /v1/jobs/batch`.
+    pub batch_max_items: usize,
+    /// How long a verified API key (and its tenant's status) is trusted before
+    /// Postgres is asked again: the upper bound on how long a revoked key still works.
+    pub auth_cache_ttl: Duration,
+    /// Jobs of one tenant allowed on the broker at once (fair-share window).
+    pub tenant_window: u32,
+    pub worker: WorkerSettings,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Loads from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Loads from any lookup (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let profile = match get(ENV_PROFILE).as_deref() {
+            None | Some("prod") | Some("production") => Profile::Prod,
+            Some("dev") | Some("development") => Profile::Dev,
+            Some(other) => {
+                return Err(bad(
+                    ENV_PROFILE,
+                    format!("expected dev or prod, got {other:?}"),
+                ));
+            }
+        };
+        let signing_secret = match (get(ENV_SIGNING_SECRET), profile) {
+            (Some(s), _) if s.len() < 16 => {
+                return Err(bad(ENV_SIGNING_SECRET, "must be at least 16 characters"));
+            }
+            (Some(s), _) => Secret(s),
+            (None, Profile::Dev) => Secret(DEV_SIGNING_SECRET.to_owned()),
+            (None, Profile::Prod) => {
+                return Err(bad(
+                    ENV_SIGNING_SECRET,
+                    "is required (the HMAC key of tenant stamps); set it, or set TENANTRY_PROFILE=dev to use a development key",
+                ));
+            }
+        };
+        let queue_prefix = get(ENV_QUEUE_PREFIX).unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_owned());
+        if queue_prefix.len() > 64
+            || !queue_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(bad(
+                ENV_QUEUE_PREFIX,
+                "must be at most 64 characters of ASCII letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let http_addr = get(ENV_HTTP_ADDR)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned())
+            .parse::<SocketAddr>()
+            .map_err(|e| bad(ENV_HTTP_ADDR, format!("not a socket address: {e}")))?;
+        let vector_backend = match get(ENV_VECTOR_BACKEND).as_deref() {
+            None | Some("edge") => VectorBackend::Edge,
+            Some("qdrant") => VectorBackend::Qdrant,
+            Some(other) => {
+                return Err(bad(
+                    ENV_VECTOR_BACKEND,
+                    format!("expected edge or qdrant, got {other:?}"),
+                ));
+            }
+        };
+        let embedder = match get(ENV_EMBEDDER).as_deref() {
+            None | Some("hash") => EmbedderSettings::Hash {
+                dimension: parse_num(&get, ENV_EMBEDDER_DIM, 256usize, 8, 8192)?,
+            },
+            Some("openai") => EmbedderSettings::OpenAi {
+                url: get(ENV_EMBEDDER_URL).ok_or_else(|| {
+                    bad(
+                        ENV_EMBEDDER_URL,
+                        "is required with TENANTRY_EMBEDDER=openai",
+                    )
+                })?,
+                model: get(ENV_EMBEDDER_MODEL).ok_or_else(|| {
+                    bad(
+                        ENV_EMBEDDER_MODEL,
+                        "is required with TENANTRY_EMBEDDER=openai",
+                    )
+                })?,
+                dimension: match get(ENV_EMBEDDER_DIM) {
+                    None => {
+                        return Err(bad(
+                            ENV_EMBEDDER_DIM,
+                            "is required with TENANTRY_EMBEDDER=openai",
+                        ));
+                    }
+                    Some(_) => parse_num(&get, ENV_EMBEDDER_DIM, 0usize, 1, 65536)?,
+                },
+                api_key: get(ENV_EMBEDDER_API_KEY).map(Secret),
+            },
+            Some(other) => {
+                return Err(bad(
+                    ENV_EMBEDDER,
+                    format!("expected hash or openai, got {other:?}"),
+                ));
+            }
+        };
+        let log_format = match get(ENV_LOG_FORMAT).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    ENV_LOG_FORMAT,
+                    format!("expected text or json, got {other:?}"),
+                ));
+            }
+        };
+        Ok(Self {
+            profile,
+            database_url: get(ENV_DATABASE_URL).unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            amqp_url: get(ENV_AMQP_URL).unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
+            queue_prefix,
+            http_addr,
+            admin_token: match get(ENV_ADMIN_TOKEN) {
+                Some(t) if t.len() < 16 => {
+                    return Err(bad(ENV_ADMIN_TOKEN, "must be at least 16 characters"));
+                }
+                other => other.map(Secret),
+            },
+            signing_secret,
+            vector_backend,
+            data_dir: get(ENV_DATA_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            qdrant_url: get(ENV_QDRANT_URL).unwrap_or_else(|| DEFAULT_QDRANT_URL.to_owned()),
+            qdrant_api_key: get(ENV_QDRANT_API_KEY).map(Secret),
+            webhook_allow_private: parse_bool(&get, ENV_WEBHOOK_ALLOW_PRIVATE, false)?,
+            embedder,
+            max_body_bytes: parse_num(&get, ENV_MAX_BODY_BYTES, 8 * 1024 * 1024, 1024, 1 << 30)?,
+            batch_max_items: parse_num(&get, ENV_BATCH_MAX_ITEMS, 100, 1, 10_000)?,
+            auth_cache_ttl: Duration::from_secs(parse_num(
+                &get,
+                ENV_AUTH_CACHE_SECS,
+                2u64,
+                0,
+                300,
+            )?),
+            tenant_window: parse_num(&get, ENV_TENANT_WINDOW, 16u32, 1, 100_000)?,
+            worker: WorkerSettings {
+                prefetch: parse_num(&get, ENV_WORKER_PREFETCH, 32u16, 1, 10_000)?,
+                concurrency: parse_num(&get, ENV_WORKER_CONCURRENCY, 1usize, 1, 1024)?,
+                max_attempts: parse_num(&get, ENV_MAX_ATTEMPTS, 5u32, 1, 100)?,
+                shutdown_grace: Duration::from_secs(parse_num(
+                    &get,
+                    ENV_SHUTDOWN_GRACE_SECS,
+                    30u64,
+                    0,
+                    3600,
+                )?),
+                heartbeat: Duration::from_secs(parse_num(&get, ENV_HEARTBEAT_SECS, 5u64, 1, 3600)?),
+            },
+            log_format,
+        })
+    }
+
+    /// The address part of a URL with any password removed, for messages and logs.
+    pub fn redacted_url(url: &str) -> String {
+        match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+                format!("{scheme}://{host}")
+            }
+            None => url.to_owned(),
+        }
+    }
+}
+
+fn parse_num<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    match get(var) {
+        None => Ok(default),
+        Some(raw) => {
+            let v: T = raw
+                .trim()
+                .parse()
+                .map_err(|_| bad(var, format!("expected a number, got {raw:?}")))?;
+            if v < min || v > max {
+                return Err(bad(
+                    var,
+                    format!("must be between {min} and {max}, got {v}"),
+                ));
+            }
+            Ok(v)
+        }
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(bad(var, format!("expected true or false, got {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load(&[(ENV_PROFILE, "dev")]).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(s.queue_prefix, "tenantry");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.admin_token, None);
+        assert_eq!(s.vector_backend, VectorBackend::Edge);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.qdrant_url, "http://127.0.0.1:6334");
+        assert!(!s.webhook_allow_private);
+        assert_eq!(s.embedder, EmbedderSettings::Hash { dimension: 256 });
+        assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn production_needs_a_signing_secret() {
+        let err = load(&[]).unwrap_err();
+        assert_eq!(err.var, ENV_SIGNING_SECRET);
+        assert!(load(&[(ENV_SIGNING_SECRET, "short")]).is_err());
+        assert!(load(&[(ENV_SIGNING_SECRET, "0123456789abcdef0123")]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            (ENV_HTTP_ADDR, "nope"),
+            (ENV_VECTOR_BACKEND, "milvus"),
+            (ENV_EMBEDDER, "magic"),
+            (ENV_WEBHOOK_ALLOW_PRIVATE, "maybe"),
+            (ENV_MAX_BODY_BYTES, "-1"),
+            (ENV_QUEUE_PREFIX, "has space"),
+        ];
+        for (var, value) in cases {
+            let err = load(&[(ENV_PROFILE, "dev"), (var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+        let err = load(&[(ENV_PROFILE, "dev"), (ENV_EMBEDDER, "openai")]).unwrap_err();
+        assert_eq!(err.var, ENV_EMBEDDER_URL);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = load(&[
+            (ENV_PROFILE, "dev"),
+            (ENV_ADMIN_TOKEN, "super-secret-admin-token"),
+        ])
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("super-secret-admin-token"));
+        assert!(!printed.contains(DEV_SIGNING_SECRET));
+        assert_eq!(
+            Settings::redacted_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! tenantry's shared library: everything the dispatcher and the workers agree on.
+//!
+//! # Layout
+//! - [`config`]: every environment variable, its default and parsing.
+//! - [`tenancy`]: tenant and database ids, and the ONLY code that turns a tenant into a
+//!   collection name, a payload partition or a point id.
+//! - [`tenant`]: tenant status and `TenantConfiguration`.
+//! - [`api_key`]: prefixed keys, hashed at rest, redacted `Debug`.
+//! - [`job`]: job states and the versioned, signed wire message.
+//! - [`quota`]: resource kinds and atomic reservations.
+//! - [`broker`]: exchange and queue names, topology, publishing with confirms.
+//! - [`db`]: Postgres pool, migrations, one module per table family.
+//! - [`chunk`], [`embed`], [`ingest`]: text → chunks → vectors → points.
+//! - [`vector`]: the `VectorStore` trait and its back-ends.
+//! - [`telemetry`]: logging setup.
+
+pub mod api_key;
+pub mod broker;
+pub mod chunk;
+pub mod config;
+pub mod db;
+pub mod embed;
+pub mod ingest;
+pub mod job;
+pub mod quota;
+pub mod telemetry;
+pub mod tenancy;
+pub mod tenant;
+pub mod tls;
+pub mod vector;

@@ -1,0 +1,5 @@
+//! One end-to-end test binary (one link, shared helpers). Every test starts its own
+//! fleet with its own database, queue prefix and data directory, so they run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod skeleton;
