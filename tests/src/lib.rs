@@ -143,6 +143,40 @@ impl TestEnv {
         format!("{}{path}", self.base_url)
     }
 
+    /// Another dispatcher of the same fleet (same database, queue prefix and settings,
+    /// API only: the embedded store belongs to the first one's process, so this one gets
+    /// a data directory of its own). Stops when dropped or with [`ExtraDispatcher::stop`].
+    pub async fn add_dispatcher(&self, overrides: &[(&str, &str)]) -> ExtraDispatcher {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let data = data_dir.path().display().to_string();
+        let mut all: Vec<(&str, &str)> = vec![(config::ENV_DATA_DIR, data.as_str())];
+        all.extend_from_slice(overrides);
+        let settings = self.ids.settings(&all);
+        let stop = CancellationToken::new();
+        let app = Application::build(settings, 0, &stop)
+            .await
+            .expect("second dispatcher builds");
+        let base_url = format!("http://{}", app.local_addr());
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let extra = ExtraDispatcher {
+            base_url,
+            stop,
+            handle: Some(handle),
+            _data_dir: data_dir,
+        };
+        let http = &self.http;
+        eventually("the second dispatcher to be ready", || async {
+            let r = http
+                .get(format!("{}/readyz", extra.base_url))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        extra
+    }
+
     pub fn topology(&self) -> Topology {
         Topology::new(&self.ids.prefix)
     }
@@ -259,6 +293,33 @@ impl TestEnv {
         }
         self.state.pool.close().await;
         cleanup(&self.ids).await;
+    }
+}
+
+/// A dispatcher added to a running [`TestEnv`] fleet.
+pub struct ExtraDispatcher {
+    pub base_url: String,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl ExtraDispatcher {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+        }
+    }
+}
+
+impl Drop for ExtraDispatcher {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

@@ -225,6 +225,29 @@ async fn keys_are_required_and_other_tenants_jobs_are_not_found() {
 
     let view = env.wait_for_job(&key_a, job).await;
     assert_eq!(view["status"], "FINISHED");
+
+    // A second dispatcher of the same fleet knows the same tenants and keys.
+    let second = env.add_dispatcher(&[]).await;
+    let r = env
+        .http
+        .get(second.url(&format!("/v1/jobs/{job}")))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_error(
+        env.http
+            .get(second.url(&format!("/v1/jobs/{job}")))
+            .bearer_auth(&key_b)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    second.stop().await;
     env.stop().await;
 }
 
