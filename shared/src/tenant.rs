@@ -64,6 +64,36 @@ pub struct Tenant {
     pub last_active: Option<DateTime<Utc>>,
 }
 
+/// `TenantInfo` of the original plan, every figure read from records (see
+/// `db::tenants::info` for where each comes from).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantInfo {
+    pub user_id: TenantId,
+    pub email: String,
+    pub name: String,
+    pub status: TenantStatus,
+    pub created_at: DateTime<Utc>,
+    pub last_active: Option<DateTime<Utc>>,
+    /// Documents stored (ingested, not deleted).
+    pub total_documents: i64,
+    /// Measured bytes of the stored documents (payload JSON + vectors), in MiB.
+    pub total_storage_mb: f64,
+    /// API calls counted in `api_calls` (all hours).
+    pub total_api_calls: i64,
+    /// Jobs PENDING or PROCESSING.
+    pub active_jobs: i64,
+}
+
+/// What the admin may change on a tenant (`PATCH /v1/admin/tenants/{id}`); `None`
+/// keeps the current value. The isolation mode is changed elsewhere (it moves points).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    pub status: Option<TenantStatus>,
+}
+
 /// Event types a tenant can be notified of.
 pub const NOTIFICATION_EVENTS: [&str; 4] = [
     "job_completed",

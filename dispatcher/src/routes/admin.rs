@@ -10,6 +10,7 @@ use serde_json::json;
 use tenantry::api_key::ApiKey;
 use tenantry::db::{self, tenants::NewTenant, tenants::TenantWriteError};
 use tenantry::tenancy::{IsolationMode, TenantId};
+use tenantry::tenant::{Tenant, TenantChanges, TenantStatus};
 use uuid::Uuid;
 
 use crate::auth::Admin;
@@ -127,6 +128,24 @@ pub async fn list_tenants(
     Ok(Json(json!({ "tenants": tenants, "next_cursor": next_cursor })).into_response())
 }
 
+/// The admin's view of a tenant: the stored record (plan, isolation, overrides,
+/// configuration) and its `TenantInfo` figures, in one object.
+async fn admin_view(state: &AppState, tenant: &Tenant) -> ApiResult<serde_json::Value> {
+    let info = db::tenants::info(&state.pool, &tenant.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let mut view = serde_json::to_value(tenant)
+        .map_err(|e| ApiError::internal("Serialising a tenant failed.", e))?;
+    if let (Some(obj), Ok(serde_json::Value::Object(info))) =
+        (view.as_object_mut(), serde_json::to_value(&info))
+    {
+        for (k, v) in info {
+            obj.insert(k, v);
+        }
+    }
+    Ok(view)
+}
+
 /// `GET /v1/admin/tenants/{id}`
 pub async fn show_tenant(
     State(state): State<AppState>,
@@ -138,7 +157,152 @@ pub async fn show_tenant(
     let tenant = db::tenants::get(&mut conn, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
-    Ok(Json(tenant).into_response())
+    drop(conn);
+    Ok(Json(admin_view(&state, &tenant).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub plan: Option<String>,
+    /// Strings, parsed here: serde_json reports a number where an enum is expected as a
+    /// syntax error, which would answer 400 instead of a 422 naming the field.
+    pub status: Option<String>,
+    pub isolation: Option<String>,
+}
+
+/// Longest plan name accepted (plans are rows of `plans`; this only bounds the input).
+const MAX_PLAN_LEN: usize = 64;
+
+/// `PATCH /v1/admin/tenants/{id}`: name, email, plan, status (each change audited
+/// with before and after). Absent fields keep their value.
+pub async fn patch_tenant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PatchTenant>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    if let Some(name) = &body.name {
+        validate_name("name", name)?;
+    }
+    if let Some(email) = &body.email {
+        validate_email(email)?;
+    }
+    if let Some(plan) = &body.plan
+        && (plan.is_empty() || plan.len() > MAX_PLAN_LEN)
+    {
+        return Err(ApiError::invalid(
+            "plan",
+            format!("must be 1–{MAX_PLAN_LEN} characters"),
+        ));
+    }
+    let status = match body.status.as_deref() {
+        None => None,
+        Some(raw) => Some(TenantStatus::parse(raw).ok_or_else(|| {
+            ApiError::invalid("status", "must be one of ACTIVE, SUSPENDED, INACTIVE")
+        })?),
+    };
+    let isolation = match body.isolation.as_deref() {
+        None => None,
+        Some(raw) => Some(IsolationMode::parse(raw).ok_or_else(|| {
+            ApiError::invalid("isolation", "must be one of collection, partition")
+        })?),
+    };
+    if let Some(mode) = isolation {
+        let mut conn = state.pool.acquire().await?;
+        let current = db::tenants::get(&mut conn, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("tenant"))?;
+        drop(conn);
+        if current.isolation != mode {
+            change_isolation(&state, &current, mode).await?;
+        }
+    }
+    let changes = TenantChanges {
+        name: body.name.map(|n| n.trim().to_owned()),
+        email: body.email,
+        plan: body.plan,
+        status,
+    };
+    let tenant = match db::tenants::update(&state.pool, &id, &changes, Admin::ACTOR).await {
+        Ok(Some(tenant)) => tenant,
+        Ok(None) => return Err(ApiError::not_found("tenant")),
+        Err(TenantWriteError::UnknownPlan(plan)) => {
+            return Err(ApiError::invalid("plan", format!("unknown plan {plan:?}")));
+        }
+        Err(TenantWriteError::Exists(_)) => {
+            return Err(ApiError::internal(
+                "Updating a tenant reported a duplicate.",
+                "unexpected",
+            ));
+        }
+        Err(TenantWriteError::Sql(e)) => return Err(e.into()),
+    };
+    // This process forgets the tenant now; other dispatchers and workers within the
+    // auth cache period (TENANTRY_AUTH_CACHE_SECS).
+    state.keys.forget_tenant(id.as_str());
+    if tenant.status == TenantStatus::Active {
+        // Reactivated: its backlog may be published again.
+        state.pump_wake.notify_one();
+    }
+    Ok(Json(admin_view(&state, &tenant).await?).into_response())
+}
+
+/// Moves a tenant's points between isolation modes.
+///
+/// LEAD: the single call site for the isolation engineer's migration (issue 5). Until it
+/// is wired, a change of mode is refused and nothing is written; asking for the mode
+/// the tenant already has is a no-op (see `patch_tenant`).
+async fn change_isolation(
+    _state: &AppState,
+    _tenant: &Tenant,
+    _mode: IsolationMode,
+) -> ApiResult<()> {
+    Err(ApiError::invalid(
+        "isolation",
+        "changing the isolation mode is not supported yet",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListAudit {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/admin/tenants/{id}/audit?limit=&cursor=`: the tenant's audit trail, oldest first.
+pub async fn list_audit(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListAudit>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let after =
+        match q.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+                ApiError::invalid("cursor", "is not a cursor from a previous page")
+            })?),
+        };
+    let mut conn = state.pool.acquire().await?;
+    if db::tenants::get(&mut conn, &id).await?.is_none() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    drop(conn);
+    let entries = db::audit::list(&state.pool, &id, after, limit).await?;
+    let next_cursor = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(json!({ "entries": entries, "next_cursor": next_cursor })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod jobs;
 pub mod ops;
+pub mod tenant;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -23,7 +24,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
         )
-        .route("/v1/admin/tenants/{id}", get(admin::show_tenant))
+        .route("/v1/tenant", get(tenant::show))
+        .route(
+            "/v1/tenant/config",
+            get(tenant::get_config).put(tenant::put_config),
+        )
+        .route(
+            "/v1/admin/tenants/{id}",
+            get(admin::show_tenant).patch(admin::patch_tenant),
+        )
+        .route("/v1/admin/tenants/{id}/audit", get(admin::list_audit))
         .route(
             "/v1/admin/tenants/{id}/keys",
             post(admin::issue_key).get(admin::list_keys),

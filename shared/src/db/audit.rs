@@ -39,17 +39,20 @@ pub async fn record(
     Ok(())
 }
 
-/// A tenant's audit entries, oldest first.
+/// A tenant's audit entries, oldest first, `limit` at most, after the entry `after`
+/// (keyset pagination on the id, which grows with time).
 pub async fn list(
     pool: &PgPool,
     tenant: &TenantId,
+    after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, tenant_id, actor, action, before, after, at FROM audit_log
-          WHERE tenant_id = $1 ORDER BY at, id LIMIT $2",
+          WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id > $2) ORDER BY id LIMIT $3",
     )
     .bind(tenant.as_str())
+    .bind(after)
     .bind(limit)
     .fetch_all(pool)
     .await
