@@ -3,9 +3,9 @@
 //! A submission is accepted once it is committed to Postgres (the backlog is a
 //! transactional outbox: the job, its document and its quota reservation commit
 //! together, and nothing is lost if the broker is down). The pump then claims
-//! backlog jobs — at most `TENANTRY_TENANT_WINDOW × weight` in flight per tenant, so a
-//! tenant with a deep backlog holds only its window on the broker and cannot bury
-//! other tenants' work behind it — signs and publishes them with confirms, and
+//! backlog jobs — a bounded window in flight per tenant, weighted by plan (see
+//! [`job_db::Windows`]), so a tenant with a deep backlog holds only its window on the
+//! broker and cannot bury other tenants' work behind it — signs and publishes them with confirms, and
 //! marks them published in the same transaction that locked them. If publishing
 //! fails the transaction rolls back and the jobs stay in the backlog; if the
 //! process dies after the broker confirmed but before the commit, the jobs are
@@ -38,8 +38,8 @@ pub struct Pump {
     pub amqp_url: String,
     pub topology: Topology,
     pub signer: Signer,
-    /// Jobs in flight per tenant per unit of plan weight.
-    pub window: i64,
+    /// How many jobs each tenant, and the fleet, may have on the broker at once.
+    pub windows: job_db::Windows,
     pub wake: Arc<Notify>,
     pub broker_up: Arc<AtomicBool>,
 }
@@ -134,7 +134,7 @@ impl Pump {
     /// Claims a batch, publishes it, records it. Returns how many were published.
     async fn round(&self, publisher: &ConfirmedPublisher) -> Result<usize, RoundError> {
         let mut tx = self.pool.begin().await?;
-        let claimed = job_db::claim_backlog(&mut tx, self.window, BATCH).await?;
+        let claimed = job_db::claim_backlog(&mut tx, self.windows, BATCH).await?;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(0);

@@ -81,7 +81,10 @@ impl Application {
             amqp_url: settings.amqp_url.clone(),
             topology: state.topology.clone(),
             signer: Signer::new(settings.signing_secret.expose().as_bytes()),
-            window: i64::from(settings.tenant_window),
+            windows: tenantry::db::jobs::Windows {
+                tenant: i64::from(settings.tenant_window),
+                fleet: i64::from(settings.fleet_window),
+            },
             wake: state.pump_wake.clone(),
             broker_up: state.broker_up.clone(),
         };

@@ -37,6 +37,7 @@ pub const ENV_MAX_ATTEMPTS: &str = "TENANTRY_MAX_ATTEMPTS";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TENANTRY_SHUTDOWN_GRACE_SECS";
 pub const ENV_AUTH_CACHE_SECS: &str = "TENANTRY_AUTH_CACHE_SECS";
 pub const ENV_TENANT_WINDOW: &str = "TENANTRY_TENANT_WINDOW";
+pub const ENV_FLEET_WINDOW: &str = "TENANTRY_FLEET_WINDOW";
 pub const ENV_HEARTBEAT_SECS: &str = "TENANTRY_HEARTBEAT_SECS";
 pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
 
@@ -67,6 +68,7 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_SHUTDOWN_GRACE_SECS,
     ENV_AUTH_CACHE_SECS,
     ENV_TENANT_WINDOW,
+    ENV_FLEET_WINDOW,
     ENV_HEARTBEAT_SECS,
     ENV_LOG_FORMAT,
     "RUST_LOG",
@@ -177,8 +179,12 @@ pub struct Settings {
     /// How long a verified API key (and its tenant's status) is trusted before
     /// Postgres is asked again: the upper bound on how long a revoked key still works.
     pub auth_cache_ttl: Duration,
-    /// Jobs of one tenant allowed on the broker at once (fair-share window).
+    /// Jobs of one tenant guaranteed on the broker at once, per unit of plan weight
+    /// (fair share: see `db::jobs::Windows`).
     pub tenant_window: u32,
+    /// Jobs of the whole fleet the pumps aim to keep on the broker; a tenant may use
+    /// its weighted share of it while the fleet is below it.
+    pub fleet_window: u32,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
 }
@@ -329,7 +335,8 @@ impl Settings {
                 0,
                 300,
             )?),
-            tenant_window: parse_num(&get, ENV_TENANT_WINDOW, 16u32, 1, 100_000)?,
+            tenant_window: parse_num(&get, ENV_TENANT_WINDOW, 8u32, 1, 100_000)?,
+            fleet_window: parse_num(&get, ENV_FLEET_WINDOW, 256u32, 1, 1_000_000)?,
             worker: WorkerSettings {
                 prefetch: parse_num(&get, ENV_WORKER_PREFETCH, 32u16, 1, 10_000)?,
                 concurrency: parse_num(&get, ENV_WORKER_CONCURRENCY, 1usize, 1, 1024)?,

@@ -402,3 +402,67 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     );
     body
 }
+
+/// Workers started on a running [`TestEnv`] fleet, in this process, sharing its store
+/// (so a test can build a backlog first and then let work begin).
+pub struct Workers {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEnv {
+    /// Starts `count` more worker tasks on this fleet.
+    pub fn start_workers(&self, count: usize) -> Workers {
+        let resources = tenantry_worker::Resources {
+            settings: self.state.settings.clone(),
+            pool: self.state.pool.clone(),
+            store: self.state.store.clone(),
+            embedder: self.state.embedder.clone(),
+            on_job_end: Some(self.state.pump_wake.clone()),
+        };
+        let stop = self.stop.child_token();
+        let handle = tokio::spawn(tenantry_worker::run_workers(resources, count, stop.clone()));
+        Workers {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Submits documents through `POST /v1/jobs/batch` in calls of at most 100;
+    /// asserts every one was accepted and returns their job ids in order.
+    pub async fn submit_many(&self, key: &str, documents: Vec<Value>) -> Vec<String> {
+        let mut ids = Vec::with_capacity(documents.len());
+        for part in documents.chunks(100) {
+            let r = self
+                .post(key, "/v1/jobs/batch", json!({ "documents": part }))
+                .await;
+            let status = r.status();
+            let body: Value = r.json().await.expect("batch answer is JSON");
+            assert!(status.is_success(), "batch: {status} {body}");
+            for item in body["results"].as_array().expect("results") {
+                let id = item["job_id"].as_str();
+                ids.push(
+                    id.unwrap_or_else(|| panic!("batch item refused: {item}"))
+                        .to_owned(),
+                );
+            }
+        }
+        ids
+    }
+}
+
+impl Workers {
+    /// Stops the workers, letting in-flight jobs end.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -412,15 +412,35 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
 }
 
-/// Claims, inside `tx`, up to `max` backlog jobs to publish, fairly: every active
-/// tenant with a backlog gets up to `window × weight` jobs in flight, its own jobs
-/// taken by priority then age. Tenants are found with a loose index scan (one index
-/// probe per tenant with a backlog, however deep), and a per-tenant advisory lock
-/// keeps two pumps from filling one tenant's window twice. Claimed rows stay locked
-/// until `tx` ends: publish them, then [`mark_published`], then commit.
+/// How much of a tenant's work may be on the broker (published, not yet ended) at once.
+///
+/// The broker queue is FIFO, so what bounds a newcomer's wait is how much *other*
+/// work sits ahead of it: at most the fleet window. And since every tenant keeps its
+/// window full while it has a backlog, each one's share of the workers' time is its
+/// share of the jobs in flight, which these windows make proportional to its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Guaranteed in flight per unit of plan weight, whatever else is running.
+    pub tenant: i64,
+    /// Total in flight the pumps aim for. While the fleet is below it, a tenant may
+    /// go beyond its guarantee up to its weighted share of this window — so one
+    /// tenant alone can keep every worker busy, and yields as others arrive.
+    pub fleet: i64,
+}
+
+/// Claims, inside `tx`, up to `max` backlog jobs to publish, fairly (see [`Windows`]).
+/// Each active tenant with a backlog gets `room` = its window (the larger of its
+/// guarantee and, while the fleet is below its window, its weighted share of it)
+/// minus what it has in flight; its own jobs are taken by priority, then age. When
+/// `max` cuts the round short, tenants are served round-robin (every tenant's first
+/// job, then every tenant's second, …) in random order, so none is favoured by its
+/// name. Tenants with a backlog are found with a loose index scan (one index probe
+/// per tenant, however deep its backlog), and a per-tenant advisory lock keeps two
+/// pumps from filling one tenant's window twice. Claimed rows stay locked until `tx`
+/// ends: publish them, then [`mark_published`], then commit.
 pub async fn claim_backlog(
     conn: &mut PgConnection,
-    window: i64,
+    windows: Windows,
     max: i64,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let rows = sqlx::query(
@@ -433,12 +453,12 @@ pub async fn claim_backlog(
                       ORDER BY j.tenant_id LIMIT 1)
                FROM backlog b WHERE b.tenant_id IS NOT NULL
          ),
-         eligible AS (
-             SELECT b.tenant_id,
-                    $1 * l.weight - (SELECT count(*) FROM jobs f
-                                      WHERE f.tenant_id = b.tenant_id
-                                        AND f.status IN ('PENDING', 'PROCESSING')
-                                        AND f.published_at IS NOT NULL) AS room
+         active AS (
+             SELECT b.tenant_id, l.weight,
+                    (SELECT count(*) FROM jobs f
+                      WHERE f.tenant_id = b.tenant_id
+                        AND f.status IN ('PENDING', 'PROCESSING')
+                        AND f.published_at IS NOT NULL) AS in_flight
                FROM backlog b
                JOIN tenants t ON t.id = b.tenant_id
                JOIN tenant_limits l ON l.tenant_id = b.tenant_id
@@ -446,25 +466,44 @@ pub async fn claim_backlog(
                 AND t.status = 'ACTIVE'
                 AND COALESCE((t.config ->> 'enable_auto_processing')::boolean, true)
          ),
+         fleet AS (
+             SELECT (SELECT count(*) FROM jobs
+                      WHERE status IN ('PENDING', 'PROCESSING') AND published_at IS NOT NULL) AS in_flight,
+                    (SELECT GREATEST(COALESCE(sum(weight), 0), 1) FROM active) AS weight
+         ),
+         eligible AS (
+             SELECT a.tenant_id,
+                    GREATEST($1 * a.weight,
+                             CASE WHEN f.in_flight < $3 THEN ($3 * a.weight) / f.weight ELSE 0 END)
+                      - a.in_flight AS room
+               FROM active a CROSS JOIN fleet f
+         ),
          locked AS (
              SELECT tenant_id, room FROM eligible
               WHERE room > 0 AND pg_try_advisory_xact_lock(7310, hashtext(tenant_id))
+         ),
+         picked AS (
+             SELECT j.*, row_number() OVER (PARTITION BY j.tenant_id
+                                            ORDER BY j.priority DESC, j.created_at, j.id) AS turn
+               FROM locked e
+               CROSS JOIN LATERAL (
+                    SELECT q.id, q.tenant_id, q.document_id, q.body, q.options, q.priority, q.created_at
+                      FROM jobs q
+                     WHERE q.tenant_id = e.tenant_id AND q.status = 'PENDING' AND q.published_at IS NULL
+                     ORDER BY q.priority DESC, q.created_at, q.id
+                     LIMIT e.room
+                       FOR UPDATE SKIP LOCKED) j
          )
-         SELECT j.id, j.tenant_id, j.document_id, j.body, j.options, j.priority, j.created_at,
+         SELECT p.id, p.tenant_id, p.document_id, p.body, p.options, p.priority, p.created_at,
                 d.database, d.source_type, d.metadata
-           FROM locked e
-           CROSS JOIN LATERAL (
-                SELECT q.id, q.tenant_id, q.document_id, q.body, q.options, q.priority, q.created_at
-                  FROM jobs q
-                 WHERE q.tenant_id = e.tenant_id AND q.status = 'PENDING' AND q.published_at IS NULL
-                 ORDER BY q.priority DESC, q.created_at, q.id
-                 LIMIT e.room
-                   FOR UPDATE SKIP LOCKED) j
-           JOIN documents d ON d.id = j.document_id
+           FROM picked p
+           JOIN documents d ON d.id = p.document_id
+          ORDER BY p.turn, random()
           LIMIT $2",
     )
-    .bind(window)
+    .bind(windows.tenant)
     .bind(max)
+    .bind(windows.fleet)
     .fetch_all(&mut *conn)
     .await?;
     let mut claimed = Vec::with_capacity(rows.len());

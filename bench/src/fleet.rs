@@ -1,0 +1,200 @@
+//! A fleet under test: the real `dispatcher --workers N` code, in a child process of
+//! its own (this binary re-executed as `tenantry-bench fleet`), so its resident memory
+//! is the fleet's alone. Each fleet gets a fresh database, queue prefix and data
+//! directory, removed when it stops.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tenantry::broker::{self, Topology};
+use tenantry::config::{self, Settings};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const SIGNING_SECRET: &str = "bench-signing-secret-0123456789";
+
+/// What the parent knows of where services run.
+#[derive(Clone)]
+pub struct Services {
+    pub postgres: String,
+    pub amqp: String,
+}
+
+pub struct Fleet {
+    child: Child,
+    pub base_url: String,
+    pub database_url: String,
+    prefix: String,
+    amqp: String,
+    _data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// Runs in the child: a dispatcher with `workers` in-process workers, configured from
+/// the environment, until its stdin closes.
+pub async fn serve_child(workers: usize) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let stop = CancellationToken::new();
+    let app = tenantry_dispatcher::Application::build(settings, workers, &stop).await?;
+    println!("LISTENING {}", app.local_addr());
+    let watcher = stop.clone();
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        watcher.cancel();
+    });
+    app.run_until_stopped(stop).await
+}
+
+impl Fleet {
+    /// Starts a fleet with `workers` worker tasks and extra settings.
+    pub async fn start(
+        services: &Services,
+        workers: usize,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let database_url = format!("{}/tenantry_bench_{id}", services.postgres);
+        let prefix = format!("bench-{id}");
+        let data_dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("fleet")
+            .arg("--workers")
+            .arg(workers.to_string())
+            .env(config::ENV_DATABASE_URL, &database_url)
+            .env(config::ENV_AMQP_URL, &services.amqp)
+            .env(config::ENV_QUEUE_PREFIX, &prefix)
+            .env(config::ENV_HTTP_ADDR, "127.0.0.1:0")
+            .env(config::ENV_ADMIN_TOKEN, ADMIN_TOKEN)
+            .env(config::ENV_SIGNING_SECRET, SIGNING_SECRET)
+            .env(config::ENV_DATA_DIR, data_dir.path())
+            .env(config::ENV_BATCH_MAX_ITEMS, "100")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("starting the fleet process")?;
+        let stdout = child.stdout.take().context("fleet stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("LISTENING ") {
+                    return anyhow::Ok(addr.to_owned());
+                }
+            }
+            anyhow::bail!("the fleet process ended before listening")
+        })
+        .await
+        .context("waiting for the fleet to listen")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let fleet = Self {
+            child,
+            base_url: format!("http://{addr}"),
+            database_url,
+            prefix,
+            amqp: services.amqp.clone(),
+            _data_dir: data_dir,
+            http: tenantry::tls::http_client()
+                .pool_max_idle_per_host(256)
+                .build()?,
+        };
+        for _ in 0..600 {
+            let ready = fleet.http.get(fleet.url("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(fleet);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the fleet never became ready")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Resident memory now, and its peak so far (VmRSS, VmHWM), in MiB.
+    pub fn memory_mib(&self) -> (f64, f64) {
+        let Some(pid) = self.pid() else {
+            return (0.0, 0.0);
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Creates `count` tenants named `{stem}-{i}` (with `isolation`), issuing each a
+    /// key, `concurrency` calls at a time. Returns the keys in order.
+    pub async fn tenants(
+        &self,
+        stem: &str,
+        count: usize,
+        isolation: &str,
+        plan: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let ids: Vec<String> = (0..count).map(|i| format!("{stem}-{i}")).collect();
+        let results = futures::stream::iter(ids.into_iter().map(|id| async move {
+            let created = self
+                .admin(reqwest::Method::POST, "/v1/admin/tenants")
+                .json(&json!({ "id": id, "name": id, "email": format!("{id}@bench.test"), "isolation": isolation, "plan": plan }))
+                .send()
+                .await?;
+            anyhow::ensure!(created.status().is_success(), "create tenant: {}", created.text().await?);
+            let key: Value = self
+                .admin(reqwest::Method::POST, &format!("/v1/admin/tenants/{id}/keys"))
+                .json(&json!({}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            key["key"].as_str().map(str::to_owned).context("no key in the answer")
+        }))
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await;
+        results.into_iter().collect()
+    }
+
+    fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Stops the child (closing its stdin asks it to drain and exit) and removes the
+    /// fleet's database and broker topology.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = tenantry::db::drop_database(&self.database_url).await;
+        if let Ok(conn) = broker::connect(&self.amqp, "bench-cleanup").await {
+            let _ = broker::delete_topology(&conn, &Topology::new(&self.prefix)).await;
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+}
