@@ -9,8 +9,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod documents;
+pub mod isolation;
 pub mod jobs;
 pub mod ops;
+pub mod search;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -19,11 +22,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/v1/search", post(search::search))
+        .route("/v1/documents/{id}", delete(documents::delete_document))
         .route(
             "/v1/admin/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
         )
-        .route("/v1/admin/tenants/{id}", get(admin::show_tenant))
+        .route(
+            "/v1/admin/tenants/{id}",
+            get(admin::show_tenant).patch(isolation::patch_isolation),
+        )
+        .route(
+            "/v1/admin/tenants/{id}/isolation",
+            get(isolation::show_isolation),
+        )
         .route(
             "/v1/admin/tenants/{id}/keys",
             post(admin::issue_key).get(admin::list_keys),
