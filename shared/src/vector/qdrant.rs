@@ -168,7 +168,10 @@ impl QdrantStore {
     /// The trait's error for a failed call that is not an expected `NotFound`.
     fn error(&self, e: CallError) -> VectorError {
         match e.failure {
-            Failure::Transient | Failure::NotFound => VectorError::Unavailable(format!(
+            Failure::NotFound => {
+                VectorError::Engine(format!("Qdrant at {}: {}", self.url, e.message))
+            }
+            Failure::Transient => VectorError::Unavailable(format!(
                 "Qdrant at {} ({}); start it with `docker run -p 6334:6334 qdrant/qdrant:v1.19.0`, or check QDRANT_URL",
                 self.url, e.message
             )),
