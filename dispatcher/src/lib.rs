@@ -4,6 +4,7 @@
 //! - [`startup`]: `Application::build` and `run_until_stopped`.
 //! - [`routes`]: the route table and handlers (jobs, admin, ops).
 //! - [`auth`]: API key → tenant (cached briefly), admin token.
+//! - [`mover`]: moves tenants' points after an isolation mode switch.
 //! - [`pump`]: publishes the Postgres backlog to the broker, fairly, with confirms.
 //! - [`error`]: the one API error type and its stable codes.
 //! - [`extract`]: JSON, path and query extractors with our error shape.
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod mover;
 pub mod pump;
 pub mod routes;
 pub mod startup;

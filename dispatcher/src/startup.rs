@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyCache;
+use crate::mover::Mover;
 use crate::pump::Pump;
 use crate::routes::router;
 use crate::state::{AppState, Inner};
@@ -51,6 +52,7 @@ impl Application {
             embedder,
             store,
             pump_wake: Arc::new(Notify::new()),
+            move_wake: Arc::new(Notify::new()),
             broker_up: Arc::new(AtomicBool::new(false)),
             settings,
         });
@@ -89,6 +91,14 @@ impl Application {
             broker_up: state.broker_up.clone(),
         };
         let pump_task = tokio::spawn(pump.run(stop.child_token()));
+        let mover = Mover {
+            pool: state.pool.clone(),
+            store: state.store.clone(),
+            fleet: settings.queue_prefix.clone(),
+            cache_period: settings.auth_cache_ttl,
+            wake: state.move_wake.clone(),
+        };
+        let mover_task = tokio::spawn(mover.run(stop.child_token()));
         let workers_task = (self.workers > 0).then(|| {
             let resources = Resources {
                 settings: settings.clone(),
@@ -113,6 +123,7 @@ impl Application {
             task.await.context("worker task")??;
         }
         let _ = pump_task.await;
+        let _ = mover_task.await;
         tracing::info!("The dispatcher stopped.");
         Ok(())
     }

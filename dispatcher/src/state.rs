@@ -25,6 +25,8 @@ pub struct Inner {
     pub topology: Topology,
     /// Wakes the pump when a job enters the backlog.
     pub pump_wake: Arc<Notify>,
+    /// Wakes the mover when a tenant's isolation mode is switched.
+    pub move_wake: Arc<Notify>,
     /// Whether the pump's broker connection is up (for /readyz).
     pub broker_up: Arc<AtomicBool>,
 }

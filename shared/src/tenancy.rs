@@ -220,19 +220,20 @@ pub fn partition_collection_name(fleet: &str, database: &DatabaseName) -> String
 }
 
 /// The fleet prefix as it appears in collection names: length-prefixed too, so that
-/// prefixes containing `_c…` or `_p_` cannot make two fleets' names meet.
+/// prefixes containing `_c…` or `_p_` cannot make two fleets' names meet. A prefix of only
+/// letters, digits, `-` and `_` appears as itself (`f{len}_{prefix}`); any other (a `.` is
+/// a valid queue prefix) is hex-encoded (`h{len}_{hex}`), so that, say, `a.b` and `a-b`
+/// stay two fleets instead of meeting at `a-b`.
 fn fleet_component(fleet: &str) -> String {
-    let clean: String = fleet
+    let plain = fleet
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("f{}_{}", clean.len(), clean)
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        format!("f{}_{}", fleet.len(), fleet)
+    } else {
+        let hex = hex::encode(fleet.as_bytes());
+        format!("h{}_{}", hex.len(), hex)
+    }
 }
 
 /// Namespace of the UUIDv5 point ids. Fixed forever: changing it would orphan points.
@@ -390,5 +391,153 @@ mod tests {
         assert_ne!(a, point_id(&t("acme2"), doc, 0, "hash-256"));
         assert_ne!(a, point_id(&t("acme"), doc, 0, "hash-384"));
         assert_ne!(a, point_id(&t("acme"), Uuid::from_u128(8), 0, "hash-256"));
+    }
+
+    /// The inverse of [`collection_name`] and [`partition_collection_name`]: reads a name
+    /// back into (fleet component, tenant, database) or (fleet component, database). That
+    /// every generated name decodes to exactly what made it is the proof of injectivity:
+    /// two pairs with one name would have to decode to both.
+    enum Decoded {
+        Collection(String, String, String),
+        Partition(String, String),
+    }
+
+    fn decode(name: &str) -> Decoded {
+        let (marker, rest) = name.split_at(1);
+        assert!(marker == "f" || marker == "h", "{name}");
+        let (digits, rest) = rest.split_once('_').expect("fleet length");
+        let len: usize = digits.parse().expect("fleet length is a number");
+        let fleet = name[..1 + digits.len() + 1 + len].to_owned();
+        let rest = &rest[len..];
+        if let Some(db) = rest.strip_prefix("_p_") {
+            return Decoded::Partition(fleet, db.to_owned());
+        }
+        let rest = rest.strip_prefix("_c").expect("collection marker");
+        let (len, rest) = rest.split_once('_').expect("tenant length");
+        let len: usize = len.parse().expect("tenant length is a number");
+        let tenant = &rest[..len];
+        let db = rest[len..].strip_prefix('_').expect("database separator");
+        Decoded::Collection(fleet, tenant.to_owned(), db.to_owned())
+    }
+
+    /// Deterministic xorshift, so a failure reproduces (no extra dependency).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A valid id built to confuse a naming scheme: separators, markers and digits that
+    /// look like length prefixes, fragments of real encoded names, up to the maximum length.
+    fn adversarial_id(rng: &mut Rng) -> String {
+        const FRAGMENTS: [&str; 12] = [
+            "_",
+            "-",
+            "c",
+            "p",
+            "f",
+            "_c",
+            "_p_",
+            "c1_",
+            "_c4_acme_",
+            "f8_tenantry",
+            "0",
+            "12_",
+        ];
+        const FIRST: [char; 6] = ['a', 'c', 'p', 'f', '1', '9'];
+        let mut id = FIRST[rng.below(FIRST.len())].to_string();
+        let target = 1 + rng.below(MAX_ID_LEN);
+        while id.len() < target {
+            id.push_str(FRAGMENTS[rng.below(FRAGMENTS.len())]);
+        }
+        id.truncate(target);
+        id
+    }
+
+    #[test]
+    fn adversarial_ids_decode_back_to_exactly_their_pair() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let fleets = ["tenantry", "f_c1_x", "a.b", "a-b", "x_p_y"];
+        let mut seen: HashMap<String, (String, String, String)> = HashMap::new();
+        for round in 0..20_000 {
+            let fleet = fleets[round % fleets.len()];
+            let tenant = adversarial_id(&mut rng);
+            let db = adversarial_id(&mut rng);
+            let (t_id, d_id) = (t(&tenant), d(&db));
+            let name = collection_name(fleet, &t_id, &d_id);
+            match decode(&name) {
+                Decoded::Collection(f, dt, dd) => {
+                    assert_eq!(
+                        (dt.as_str(), dd.as_str()),
+                        (tenant.as_str(), db.as_str()),
+                        "{name}"
+                    );
+                    assert_eq!(f, fleet_component(fleet), "{name}");
+                }
+                Decoded::Partition(..) => panic!("{name} decodes as a partition name"),
+            }
+            if let Some(previous) =
+                seen.insert(name.clone(), (fleet.into(), tenant.clone(), db.clone()))
+            {
+                assert_eq!(
+                    previous,
+                    (fleet.into(), tenant.clone(), db.clone()),
+                    "collision on {name}"
+                );
+            }
+            let shared = partition_collection_name(fleet, &d_id);
+            match decode(&shared) {
+                Decoded::Partition(f, dd) => {
+                    assert_eq!(dd, db, "{shared}");
+                    assert_eq!(f, fleet_component(fleet), "{shared}");
+                }
+                Decoded::Collection(..) => panic!("{shared} decodes as a collection name"),
+            }
+            // Qdrant's limit on collection names.
+            assert!(name.len() <= 255 && shared.len() <= 255, "{name}");
+        }
+    }
+
+    #[test]
+    fn fleets_that_differ_only_in_dots_do_not_meet() {
+        let (a, b) = (t("acme"), d("default"));
+        assert_ne!(
+            collection_name("a.b", &a, &b),
+            collection_name("a-b", &a, &b)
+        );
+        assert_ne!(
+            partition_collection_name("a.b", &b),
+            partition_collection_name("a-b", &b)
+        );
+        // Plain prefixes keep the names they always had.
+        assert_eq!(
+            collection_name("tenantry", &a, &b),
+            "f8_tenantry_c4_acme_default"
+        );
+    }
+
+    #[test]
+    fn point_ids_do_not_collide_over_adversarial_inputs() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let models = ["hash-256", "hash-25", "6|hash-2", "m:1", "m", ""];
+        let mut seen: HashMap<Uuid, (String, u128, u32, String)> = HashMap::new();
+        for _ in 0..20_000 {
+            let tenant = adversarial_id(&mut rng);
+            let document = Uuid::from_u128(u128::from(rng.next() % 4));
+            let chunk = (rng.next() % 4) as u32;
+            let model = models[rng.below(models.len())];
+            let id = point_id(&t(&tenant), document, chunk, model);
+            let input = (tenant, document.as_u128(), chunk, model.to_owned());
+            if let Some(previous) = seen.insert(id, input.clone()) {
+                assert_eq!(previous, input, "point id collision");
+            }
+        }
     }
 }

@@ -251,20 +251,39 @@ pub async fn patch_tenant(
     Ok(Json(admin_view(&state, &tenant).await?).into_response())
 }
 
-/// Moves a tenant's points between isolation modes.
-///
-/// LEAD: the single call site for the isolation engineer's migration (issue 5). Until it
-/// is wired, a change of mode is refused and nothing is written; asking for the mode
-/// the tenant already has is a no-op (see `patch_tenant`).
-async fn change_isolation(
-    _state: &AppState,
-    _tenant: &Tenant,
-    _mode: IsolationMode,
-) -> ApiResult<()> {
-    Err(ApiError::invalid(
-        "isolation",
-        "changing the isolation mode is not supported yet",
-    ))
+/// Moves a tenant's points between isolation modes (issue 5's switch: audited, the
+/// points move in the background; `GET /v1/admin/tenants/{id}/isolation` shows the move).
+/// It commits before the other fields of the same PATCH are written.
+async fn change_isolation(state: &AppState, tenant: &Tenant, mode: IsolationMode) -> ApiResult<()> {
+    super::isolation::patch_isolation(
+        State(state.clone()),
+        Admin,
+        ApiPath(tenant.id.to_string()),
+        ApiJson(super::isolation::PatchIsolation { isolation: mode }),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// `PATCH /v1/admin/tenants/{id}`: a body with only `isolation` answers the isolation
+/// view (`{"tenant", "move"}`, 202 when points start moving); any other body changes
+/// name, email, plan, status (and isolation, if present) and answers the admin view.
+pub async fn patch(
+    state: State<AppState>,
+    admin: Admin,
+    id: ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let value: serde_json::Value = crate::extract::parse_json(&body)?;
+    let only_isolation = value
+        .as_object()
+        .is_some_and(|o| o.len() == 1 && o.contains_key("isolation"));
+    if only_isolation {
+        let patch = crate::extract::parse_json(&body)?;
+        return super::isolation::patch_isolation(state, admin, id, ApiJson(patch)).await;
+    }
+    let patch = crate::extract::parse_json(&body)?;
+    patch_tenant(state, admin, id, ApiJson(patch)).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod documents;
+pub mod isolation;
 pub mod jobs;
 pub mod ops;
+pub mod search;
 pub mod tenant;
 
 /// Every route of the dispatcher; testable without a socket.
@@ -20,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/v1/search", post(search::search))
+        .route("/v1/documents/{id}", delete(documents::delete_document))
         .route(
             "/v1/admin/tenants",
             post(admin::create_tenant).get(admin::list_tenants),
@@ -31,9 +36,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/admin/tenants/{id}",
-            get(admin::show_tenant).patch(admin::patch_tenant),
+            get(admin::show_tenant).patch(admin::patch),
         )
         .route("/v1/admin/tenants/{id}/audit", get(admin::list_audit))
+        .route(
+            "/v1/admin/tenants/{id}/isolation",
+            get(isolation::show_isolation),
+        )
         .route(
             "/v1/admin/tenants/{id}/keys",
             post(admin::issue_key).get(admin::list_keys),

@@ -13,6 +13,8 @@ use crate::config::Settings;
 
 pub mod audit;
 pub mod dead_letters;
+pub mod documents;
+pub mod isolation;
 pub mod jobs;
 pub mod keys;
 pub mod tenants;

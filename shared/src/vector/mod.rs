@@ -18,6 +18,8 @@ use crate::tenancy::{Namespace, TenantId};
 #[doc(hidden)]
 pub mod conformance;
 pub mod edge;
+pub mod migrate;
+pub mod qdrant;
 
 /// One point to store: a chunk's vector and its payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +90,9 @@ pub enum VectorError {
     /// Another process holds the embedded store.
     #[error("{0}")]
     Locked(String),
+    /// The store refused the request as malformed: trying again cannot help.
+    #[error("vector store refused the request: {0}")]
+    Refused(String),
     /// Anything else the engine reported.
     #[error("vector store error: {0}")]
     Engine(String),
@@ -159,9 +164,21 @@ pub async fn open(settings: &Settings) -> Result<SharedVectorStore> {
                 .map_err(|e| VectorError::Engine(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        VectorBackend::Qdrant => Err(VectorError::Unavailable(
-            "the qdrant server back-end is not available in this build; use TENANTRY_VECTOR_BACKEND=edge".into(),
-        )),
+        VectorBackend::Qdrant => {
+            let store = qdrant::QdrantStore::connect(
+                &settings.qdrant_url,
+                settings.qdrant_api_key.as_ref().map(|k| k.expose()),
+            )?;
+            // The client connects lazily; say now, in one line, if the server is not there.
+            // Not fatal: every call retries, and jobs wait for the server.
+            match store.ping().await {
+                Ok(version) => {
+                    tracing::info!(url = %settings.qdrant_url, %version, "Connected to Qdrant.")
+                }
+                Err(e) => tracing::error!("{e}; retrying on every use."),
+            }
+            Ok(Arc::new(store))
+        }
     }
 }
 

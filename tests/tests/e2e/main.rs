@@ -5,3 +5,4 @@
 mod fairness;
 mod skeleton;
 mod tenants;
+mod vectors;

@@ -1,0 +1,105 @@
+//! `PATCH /v1/admin/tenants/{id}` with `{"isolation": "collection" | "partition"}`: switches
+//! a tenant's isolation mode and has the mover move its points (see
+//! `tenantry::db::isolation` for the protocol). `GET /v1/admin/tenants/{id}/isolation`
+//! shows the latest move.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tenantry::db::{self, isolation::SwitchOutcome};
+use tenantry::tenancy::{IsolationMode, TenantId};
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchIsolation {
+    pub isolation: IsolationMode,
+}
+
+fn parse_tenant_id(raw: &str) -> ApiResult<TenantId> {
+    // A malformed id cannot name an existing tenant.
+    TenantId::parse(raw).map_err(|_| ApiError::not_found("tenant"))
+}
+
+/// `PATCH /v1/admin/tenants/{id}` (the isolation field). Answers `202` with the tenant and
+/// the move when the mode changes (points move in the background; poll
+/// `GET …/isolation`), `200` when the tenant already has the mode, `409` while a previous
+/// move is still running.
+pub async fn patch_isolation(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PatchIsolation>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let mut tx = state.pool.begin().await?;
+    let before = db::tenants::get(&mut tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    match db::isolation::switch(&mut tx, &id, body.isolation).await? {
+        SwitchOutcome::NotFound => Err(ApiError::not_found("tenant")),
+        SwitchOutcome::Busy(running) => Err(ApiError::conflict(
+            "isolation_move_in_progress",
+            format!(
+                "the tenant's points are still moving from {} to {}; try again when GET /v1/admin/tenants/{id}/isolation says finished",
+                running.from.as_str(),
+                running.to.as_str()
+            ),
+        )),
+        SwitchOutcome::Unchanged => {
+            tx.rollback().await?;
+            Ok(Json(json!({ "tenant": before, "move": null })).into_response())
+        }
+        SwitchOutcome::Switched(movement) => {
+            let after = db::tenants::get(&mut tx, &id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("tenant"))?;
+            db::audit::record(
+                &mut tx,
+                Some(&id),
+                Admin::ACTOR,
+                "tenant.isolation_changed",
+                Some(json!({ "isolation": before.isolation })),
+                Some(json!({ "isolation": after.isolation })),
+            )
+            .await?;
+            tx.commit().await?;
+            state.keys.forget_tenant(id.as_str());
+            state.move_wake.notify_one();
+            tracing::info!(
+                tenant_id = %id,
+                from = movement.from.as_str(),
+                to = movement.to.as_str(),
+                "Switched a tenant's isolation mode; its points are moving."
+            );
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "tenant": after, "move": movement })),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// `GET /v1/admin/tenants/{id}/isolation`: the mode and the latest move (or null).
+pub async fn show_isolation(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let id = parse_tenant_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    let tenant = db::tenants::get(&mut conn, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    drop(conn);
+    let movement = db::isolation::latest(&state.pool, &id).await?;
+    Ok(Json(json!({ "isolation": tenant.isolation, "move": movement })).into_response())
+}
