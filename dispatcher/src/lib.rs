@@ -14,6 +14,7 @@ pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod pump;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod dead_letters;
 pub mod jobs;
 pub mod keys;
+pub mod quotas;
 pub mod tenants;
 
 /// The schema's migrations, embedded at build time (no database needed to build).
