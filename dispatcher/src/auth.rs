@@ -147,6 +147,8 @@ impl FromRequestParts<AppState> for Caller {
                 "the tenant is inactive; its keys are refused",
             ));
         }
+        // Every authenticated tenant call counts against API_CALLS_PER_HOUR.
+        crate::rate_limit::admit(state, &cached.caller.tenant.id).await?;
         Ok(cached.caller)
     }
 }

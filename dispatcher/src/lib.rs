@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod mover;
 pub mod pump;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;

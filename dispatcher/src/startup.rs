@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::KeyCache;
 use crate::mover::Mover;
 use crate::pump::Pump;
+use crate::rate_limit::CallShaper;
 use crate::routes::router;
 use crate::state::{AppState, Inner};
 
@@ -47,6 +48,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http_addr))?;
         let state = AppState::new(Inner {
             keys: KeyCache::new(settings.auth_cache_ttl),
+            calls: CallShaper::default(),
             topology: Topology::new(&settings.queue_prefix),
             pool,
             embedder,

@@ -12,6 +12,7 @@ use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 
 use crate::auth::KeyCache;
+use crate::rate_limit::CallShaper;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -20,6 +21,8 @@ pub struct Inner {
     pub settings: Settings,
     pub pool: PgPool,
     pub keys: KeyCache,
+    /// Per-process shaping of API_CALLS_PER_HOUR (the exact count is in Postgres).
+    pub calls: CallShaper,
     pub embedder: Arc<dyn Embedder>,
     pub store: SharedVectorStore,
     pub topology: Topology,

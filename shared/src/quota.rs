@@ -261,6 +261,195 @@ pub async fn reserve_collection(
     .into())
 }
 
+/// Largest limit an override may set (keeps `STORAGE_MB × 1 MiB` far inside `i64`).
+pub const MAX_LIMIT: i64 = 1_000_000_000_000;
+
+/// Checks one override value: a whole number in `0..=MAX_LIMIT`, except that
+/// PROCESSING_JOBS must be at least 1 (zero slots would park the tenant's jobs in
+/// the retry tiers forever; suspend the tenant to stop its processing instead).
+pub fn validate_limit(kind: ResourceKind, value: &serde_json::Value) -> Result<i64, String> {
+    let min = if kind == ResourceKind::ProcessingJobs {
+        1
+    } else {
+        0
+    };
+    match value.as_i64() {
+        Some(n) if (min..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number between {min} and {MAX_LIMIT}"
+        )),
+    }
+}
+
+/// Effective limits of one tenant (plan default unless overridden), from `tenant_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub documents: i64,
+    pub storage_mb: i64,
+    pub api_calls_per_hour: i64,
+    pub processing_jobs: i64,
+    pub vector_collections: i64,
+}
+
+impl Limits {
+    pub fn of(&self, kind: ResourceKind) -> i64 {
+        match kind {
+            ResourceKind::Documents => self.documents,
+            ResourceKind::StorageMb => self.storage_mb,
+            ResourceKind::ApiCallsPerHour => self.api_calls_per_hour,
+            ResourceKind::ProcessingJobs => self.processing_jobs,
+            ResourceKind::VectorCollections => self.vector_collections,
+        }
+    }
+}
+
+/// What one tenant holds right now: the counters of `tenant_usage` and the calls of
+/// the current clock hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub documents: i64,
+    pub storage_bytes: i64,
+    pub api_calls_this_hour: i64,
+    pub processing_jobs: i64,
+    pub collections: i64,
+}
+
+/// One resource in the `TenantQuotas` view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceQuota {
+    pub resource_type: ResourceKind,
+    pub limit: i64,
+    /// Whole units; STORAGE_MB is rounded up to the next megabyte.
+    pub current_usage: i64,
+    /// Exact (STORAGE_MB from bytes, not from the rounded megabytes).
+    pub percentage_used: f64,
+    /// Only for STORAGE_MB: the measured bytes behind `current_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_usage_bytes: Option<i64>,
+}
+
+/// The `TenantQuotas` view of the original plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantQuotas {
+    pub tenant_id: String,
+    pub quotas: Vec<ResourceQuota>,
+    /// Some resource is at or above its limit: nothing more of it can be reserved.
+    pub is_over_limit: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Percentage of `limit` that `used` is; a zero limit counts as full.
+pub fn percentage(used: f64, limit: f64) -> f64 {
+    if limit > 0.0 {
+        used / limit * 100.0
+    } else {
+        100.0
+    }
+}
+
+/// Builds the view: a warning per resource at or above [`WARNING_PERCENT`], and
+/// `is_over_limit` when one is at 100 % or more (lowering a limit below the usage
+/// can put a tenant over it; reservations alone never do).
+pub fn tenant_quotas(tenant: &TenantId, limits: &Limits, usage: &Usage) -> TenantQuotas {
+    let mut quotas = Vec::with_capacity(ResourceKind::ALL.len());
+    let mut warnings = Vec::new();
+    let mut is_over_limit = false;
+    for kind in ResourceKind::ALL {
+        let limit = limits.of(kind);
+        let (current, exact, bytes) = match kind {
+            ResourceKind::Documents => (usage.documents, usage.documents as f64, None),
+            ResourceKind::StorageMb => (
+                megabytes(usage.storage_bytes),
+                usage.storage_bytes as f64 / BYTES_PER_MB as f64,
+                Some(usage.storage_bytes),
+            ),
+            ResourceKind::ApiCallsPerHour => (
+                usage.api_calls_this_hour,
+                usage.api_calls_this_hour as f64,
+                None,
+            ),
+            ResourceKind::ProcessingJobs => {
+                (usage.processing_jobs, usage.processing_jobs as f64, None)
+            }
+            ResourceKind::VectorCollections => (usage.collections, usage.collections as f64, None),
+        };
+        let pct = percentage(exact, limit as f64);
+        if pct >= 100.0 {
+            is_over_limit = true;
+            warnings.push(format!("{kind} limit reached ({current}/{limit})"));
+        } else if pct >= WARNING_PERCENT {
+            warnings.push(format!("{kind} usage high ({pct:.1}%, {current}/{limit})"));
+        }
+        quotas.push(ResourceQuota {
+            resource_type: kind,
+            limit,
+            current_usage: current,
+            percentage_used: pct,
+            current_usage_bytes: bytes,
+        });
+    }
+    TenantQuotas {
+        tenant_id: tenant.as_str().to_owned(),
+        quotas,
+        is_over_limit,
+        warnings,
+    }
+}
+
+/// The outcome of counting one API call against API_CALLS_PER_HOUR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCount {
+    /// Counted: `calls` of `limit` used in this clock hour.
+    Counted { calls: i64, limit: i64 },
+    /// Not counted: the hour's allowance is used up until the next clock hour,
+    /// `retry_after_secs` away.
+    Refused {
+        exceeded: QuotaExceeded,
+        retry_after_secs: i64,
+    },
+}
+
+/// Counts one API call in the tenant's row of the current UTC clock hour, fleet-wide:
+/// one `INSERT … ON CONFLICT DO UPDATE … WHERE calls + 1 <= limit`. Postgres
+/// re-evaluates the `WHERE` on the latest row version under the row lock, so any
+/// number of dispatchers racing never count past the limit.
+pub async fn count_api_call(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> Result<CallCount, sqlx::Error> {
+    let row: (Option<i64>, Option<i64>, Option<i64>, i64) = sqlx::query_as(
+        "WITH lim AS (SELECT api_calls_per_hour AS n FROM tenant_limits WHERE tenant_id = $1),
+              hour AS (SELECT date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS h),
+              counted AS (
+                INSERT INTO api_calls AS a (tenant_id, hour, calls)
+                SELECT $1, hour.h, 1 FROM lim, hour WHERE lim.n >= 1
+                ON CONFLICT (tenant_id, hour) DO UPDATE SET calls = a.calls + 1
+                 WHERE a.calls + 1 <= (SELECT n FROM lim)
+                RETURNING calls)
+         SELECT (SELECT calls FROM counted),
+                (SELECT n FROM lim),
+                (SELECT calls FROM api_calls, hour WHERE tenant_id = $1 AND api_calls.hour = hour.h),
+                ceil(extract(epoch FROM (SELECT h FROM hour) + interval '1 hour' - now()))::bigint",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(conn)
+    .await?;
+    let (counted, limit, seen, secs_left) = row;
+    let limit = limit.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(match counted {
+        Some(calls) => CallCount::Counted { calls, limit },
+        None => CallCount::Refused {
+            exceeded: QuotaExceeded {
+                resource: ResourceKind::ApiCallsPerHour,
+                limit,
+                used: seen.unwrap_or(0).max(limit),
+                requested: 1,
+            },
+            retry_after_secs: secs_left.max(1),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +464,63 @@ mod tests {
         assert!(ResourceKind::ApiCallsPerHour.frees_up_by_itself());
         assert!(!ResourceKind::Documents.frees_up_by_itself());
         assert_eq!(ResourceKind::parse("documents"), None);
+    }
+
+    #[test]
+    fn limits_are_whole_numbers_in_range() {
+        use serde_json::json;
+        assert_eq!(validate_limit(ResourceKind::Documents, &json!(0)), Ok(0));
+        assert_eq!(validate_limit(ResourceKind::Documents, &json!(10)), Ok(10));
+        assert!(validate_limit(ResourceKind::Documents, &json!(-1)).is_err());
+        assert!(validate_limit(ResourceKind::Documents, &json!(1.5)).is_err());
+        assert!(validate_limit(ResourceKind::Documents, &json!("10")).is_err());
+        assert!(validate_limit(ResourceKind::Documents, &json!(null)).is_err());
+        assert!(validate_limit(ResourceKind::StorageMb, &json!(MAX_LIMIT + 1)).is_err());
+        assert!(validate_limit(ResourceKind::ProcessingJobs, &json!(0)).is_err());
+        assert_eq!(
+            validate_limit(ResourceKind::ProcessingJobs, &json!(1)),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn view_warns_at_eighty_percent_and_flags_full_resources() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let limits = Limits {
+            documents: 10,
+            storage_mb: 2,
+            api_calls_per_hour: 100,
+            processing_jobs: 1,
+            vector_collections: 5,
+        };
+        let usage = Usage {
+            documents: 8,
+            storage_bytes: BYTES_PER_MB + BYTES_PER_MB / 2,
+            api_calls_this_hour: 79,
+            processing_jobs: 0,
+            collections: 5,
+        };
+        let view = tenant_quotas(&tenant, &limits, &usage);
+        assert_eq!(view.quotas.len(), 5);
+        let storage = &view.quotas[1];
+        assert_eq!(storage.resource_type, ResourceKind::StorageMb);
+        assert_eq!(storage.current_usage, 2);
+        assert_eq!(storage.percentage_used, 75.0);
+        assert_eq!(view.quotas[0].percentage_used, 80.0);
+        assert!(view.is_over_limit, "collections are full");
+        assert_eq!(view.warnings.len(), 2, "{:?}", view.warnings);
+        assert!(view.warnings[0].starts_with("DOCUMENTS usage high"));
+        assert!(view.warnings[1].starts_with("VECTOR_COLLECTIONS limit reached"));
+
+        let idle = Usage {
+            documents: 0,
+            storage_bytes: 0,
+            api_calls_this_hour: 0,
+            processing_jobs: 0,
+            collections: 0,
+        };
+        let view = tenant_quotas(&tenant, &limits, &idle);
+        assert!(!view.is_over_limit);
+        assert!(view.warnings.is_empty());
     }
 }

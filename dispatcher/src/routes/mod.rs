@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod ops;
 pub mod search;
 pub mod tenant;
+pub mod quotas;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -51,6 +52,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/tenants/{id}/keys/{key_id}",
             delete(admin::revoke_key),
         )
+        .route(
+            "/v1/admin/tenants/{id}/quotas",
+            put(quotas::set_overrides).get(quotas::admin_show),
+        )
+        .route("/v1/admin/usage", get(quotas::admin_usage))
+        .route("/v1/tenant/quotas", get(quotas::show))
+        .route("/v1/tenant/usage", get(quotas::usage))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(|| async {

@@ -593,9 +593,12 @@ pub async fn begin_processing(
     if !holds_slot && !quota::acquire_processing_slot(&mut tx, tenant).await? {
         return Ok(StartOutcome::NoSlot);
     }
+    // clock_timestamp(), not now(): the moment the slot is held, not the start of the
+    // transaction, so [started_at, finished_at] lies inside the time the job held its
+    // PROCESSING_JOBS slot (and the slot's exclusivity shows in the records).
     let attempt: i32 = sqlx::query_scalar(
         "UPDATE jobs SET status = 'PROCESSING', holds_slot = true, attempts = attempts + 1,
-                started_at = COALESCE(started_at, now()), worker_id = $3, updated_at = now(),
+                started_at = COALESCE(started_at, clock_timestamp()), worker_id = $3, updated_at = now(),
                 published_at = COALESCE(published_at, now())
           WHERE tenant_id = $1 AND id = $2 RETURNING attempts",
     )

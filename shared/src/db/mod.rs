@@ -17,6 +17,7 @@ pub mod documents;
 pub mod isolation;
 pub mod jobs;
 pub mod keys;
+pub mod quotas;
 pub mod tenants;
 
 /// The schema's migrations, embedded at build time (no database needed to build).

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fairness;
+mod quotas;
 mod skeleton;
 mod tenants;
 mod vectors;
