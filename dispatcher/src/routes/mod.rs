@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod dead_letters;
 pub mod jobs;
 pub mod ops;
 
@@ -31,6 +32,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/admin/tenants/{id}/keys/{key_id}",
             delete(admin::revoke_key),
+        )
+        .route("/v1/admin/dead-letters", get(dead_letters::list))
+        .route(
+            "/v1/admin/dead-letters/{id}/replay",
+            post(dead_letters::replay),
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

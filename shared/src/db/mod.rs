@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
+pub mod attempts;
 pub mod audit;
 pub mod dead_letters;
 pub mod jobs;
