@@ -287,7 +287,13 @@ impl Settings {
                     Some(_) => parse_num(&get, ENV_EMBEDDER_DIM, 0usize, 1, 65536)?,
                 },
                 api_key: get(ENV_EMBEDDER_API_KEY).map(Secret),
-                max_retries: parse_num(&get, ENV_EMBEDDER_MAX_RETRIES, crate::embed::DEFAULT_MAX_RETRIES, 0, 20)?,
+                max_retries: parse_num(
+                    &get,
+                    ENV_EMBEDDER_MAX_RETRIES,
+                    crate::embed::DEFAULT_MAX_RETRIES,
+                    0,
+                    20,
+                )?,
             },
             Some(other) => {
                 return Err(bad(

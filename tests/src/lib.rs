@@ -407,11 +407,7 @@ impl TestEnv {
     /// As [`TestEnv::start_with`], for a fleet whose ids the test made itself (to point
     /// its URLs somewhere else, e.g. through a fault-injecting proxy, while cleanup
     /// still uses the real services).
-    pub async fn start_with_ids(
-        ids: FleetIds,
-        workers: usize,
-        overrides: &[(&str, &str)],
-    ) -> Self {
+    pub async fn start_with_ids(ids: FleetIds, workers: usize, overrides: &[(&str, &str)]) -> Self {
         init_logs();
         let settings = ids.settings(overrides);
         let stop = CancellationToken::new();

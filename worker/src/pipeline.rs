@@ -185,8 +185,14 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
             };
         }
     };
-    if let Err(e) =
-        attempts::start(&ctx.pool, &tenant.id, message.job_id, attempt, &ctx.worker_id).await
+    if let Err(e) = attempts::start(
+        &ctx.pool,
+        &tenant.id,
+        message.job_id,
+        attempt,
+        &ctx.worker_id,
+    )
+    .await
     {
         tracing::warn!(attempt, error = %e, "Could not record the start of an attempt.");
     }
@@ -242,7 +248,10 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
 }
 
 /// A disposition, and how the attempt ended if it did (None: it will be resumed).
-type Settled = (Disposition, Option<(AttemptOutcome, Option<(&'static str, String)>)>);
+type Settled = (
+    Disposition,
+    Option<(AttemptOutcome, Option<(&'static str, String)>)>,
+);
 
 /// Chunk, embed, upsert. Returns what was stored, with stage timings.
 async fn run_stages(

@@ -72,7 +72,10 @@ pub async fn list(
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayOutcome {
     /// The job is back in the backlog (PENDING, unpublished); the pump republishes it.
-    Replayed { tenant: TenantId, job_id: Uuid },
+    Replayed {
+        tenant: TenantId,
+        job_id: Uuid,
+    },
     NotFound,
     /// The dead letter names no verified tenant and job (unsigned, forged, unreadable).
     NotReplayable(&'static str),
@@ -116,7 +119,9 @@ pub async fn replay(pool: &PgPool, id: Uuid, actor: &str) -> Result<ReplayOutcom
         ));
     };
     let Ok(tenant) = TenantId::parse(&tenant) else {
-        return Ok(ReplayOutcome::NotReplayable("the recorded tenant id is invalid"));
+        return Ok(ReplayOutcome::NotReplayable(
+            "the recorded tenant id is invalid",
+        ));
     };
     let job: Option<(String, Uuid, bool, i64)> = sqlx::query_as(
         "SELECT j.status, j.document_id, j.body IS NOT NULL, d.text_bytes

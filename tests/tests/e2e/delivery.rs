@@ -129,11 +129,7 @@ async fn retryable_failures_back_off_and_the_job_finishes() {
     let history = view["attempt_history"].as_array().unwrap();
     for (i, attempt) in history.iter().enumerate() {
         assert_eq!(attempt["attempt"], i as i64 + 1);
-        assert!(
-            attempt["worker_id"]
-                .as_str()
-                .is_some_and(|w| !w.is_empty())
-        );
+        assert!(attempt["worker_id"].as_str().is_some_and(|w| !w.is_empty()));
         assert!(time(&attempt["ended_at"]) >= time(&attempt["started_at"]));
     }
     for failed in &history[..2] {
@@ -144,10 +140,17 @@ async fn retryable_failures_back_off_and_the_job_finishes() {
         );
     }
     // Backoff: ~1 s before the second attempt, ~5 s before the third (±20 % jitter).
-    let gap = |a: &Value, b: &Value| (time(&b["started_at"]) - time(&a["ended_at"])).num_milliseconds();
+    let gap =
+        |a: &Value, b: &Value| (time(&b["started_at"]) - time(&a["ended_at"])).num_milliseconds();
     let (first_wait, second_wait) = (gap(&history[0], &history[1]), gap(&history[1], &history[2]));
-    assert!((750..3000).contains(&first_wait), "first wait {first_wait} ms");
-    assert!((3900..9000).contains(&second_wait), "second wait {second_wait} ms");
+    assert!(
+        (750..3000).contains(&first_wait),
+        "first wait {first_wait} ms"
+    );
+    assert!(
+        (3900..9000).contains(&second_wait),
+        "second wait {second_wait} ms"
+    );
     assert_eq!(server.request_count(), 3);
 
     let chunks = view["chunks"].as_u64().unwrap();
@@ -174,10 +177,16 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     let key = env.tenant("doomed").await;
 
     let down = env
-        .submit(&key, json!({ "text": "This text meets an embedder that is always down." }))
+        .submit(
+            &key,
+            json!({ "text": "This text meets an embedder that is always down." }),
+        )
         .await;
     let refused = env
-        .submit(&key, json!({ "text": "This text is refused by the embedder for good." }))
+        .submit(
+            &key,
+            json!({ "text": "This text is refused by the embedder for good." }),
+        )
         .await;
     let down_id = down["job_id"].as_str().unwrap().to_owned();
     let refused_id = refused["job_id"].as_str().unwrap().to_owned();
@@ -187,7 +196,10 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     assert_eq!(view["attempts"], 3);
     assert_eq!(view["error"]["code"], "embedder_unavailable");
     let message = view["error"]["message"].as_str().unwrap();
-    assert!(message.contains("503") && message.contains("after 3 attempts"), "{message}");
+    assert!(
+        message.contains("503") && message.contains("after 3 attempts"),
+        "{message}"
+    );
     assert_eq!(outcomes(&view), ["RETRY", "RETRY", "FAILED"]);
 
     // A permanent failure is not retried.
@@ -212,15 +224,27 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
             .clone()
     };
     let (down_letter, refused_letter) = (letter(&down_id), letter(&refused_id));
-    assert!(down_letter["reason"].as_str().unwrap().starts_with("embedder_unavailable:"));
-    assert!(refused_letter["reason"].as_str().unwrap().starts_with("embedder_refused:"));
+    assert!(
+        down_letter["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("embedder_unavailable:")
+    );
+    assert!(
+        refused_letter["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("embedder_refused:")
+    );
     assert!(down_letter["replayed_at"].is_null());
     assert_eq!(down_letter["tenant_id"], "doomed");
     assert_eq!(usage(&env, "doomed").await, (0, 0));
     assert_eq!(points(&env, "doomed").await, 0);
 
     // The embedder recovers; an admin replays both through the outbox.
-    server.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    server
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     for letter in [&down_letter, &refused_letter] {
         let id = letter["id"].as_str().unwrap();
         let r = env
@@ -235,7 +259,10 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     for job in [&down_id, &refused_id] {
         let view = env.wait_for_job(&key, job).await;
         assert_eq!(view["status"], "FINISHED", "{view}");
-        assert_eq!(view["attempts"], 1, "a replay gets its attempts back: {view}");
+        assert_eq!(
+            view["attempts"], 1,
+            "a replay gets its attempts back: {view}"
+        );
         assert!(view["error"].is_null());
         assert_eq!(outcomes(&view).last().unwrap(), "FINISHED");
         assert!(outcomes(&view).contains(&"REPLAYED".to_owned()));
@@ -243,28 +270,59 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     }
     assert_eq!(points(&env, "doomed").await, chunks);
     assert_eq!(usage(&env, "doomed").await.0, 2);
-    assert!(dead_letters(&env, "?tenant=doomed").await.iter().all(|l| !l["replayed_at"].is_null()));
+    assert!(
+        dead_letters(&env, "?tenant=doomed")
+            .await
+            .iter()
+            .all(|l| !l["replayed_at"].is_null())
+    );
 
     // Replaying again, or what does not exist, is refused precisely.
     let again = env
         .admin_post(
-            &format!("/v1/admin/dead-letters/{}/replay", down_letter["id"].as_str().unwrap()),
+            &format!(
+                "/v1/admin/dead-letters/{}/replay",
+                down_letter["id"].as_str().unwrap()
+            ),
             json!({}),
         )
         .await;
     assert_error(again, 409, "already_replayed").await;
     let missing = env
-        .admin_post(&format!("/v1/admin/dead-letters/{}/replay", Uuid::new_v4()), json!({}))
+        .admin_post(
+            &format!("/v1/admin/dead-letters/{}/replay", Uuid::new_v4()),
+            json!({}),
+        )
         .await;
     assert_error(missing, 404, "not_found").await;
     let garbage = env
         .admin_post("/v1/admin/dead-letters/not-a-uuid/replay", json!({}))
         .await;
     assert_error(garbage, 404, "not_found").await;
-    assert_error(env.admin_get("/v1/admin/dead-letters?tenant=nobody").await, 404, "not_found").await;
-    assert_error(env.admin_get("/v1/admin/dead-letters?tenant=..%2Fx").await, 422, "invalid_value").await;
-    assert_error(env.admin_get("/v1/admin/dead-letters?limit=0").await, 422, "invalid_value").await;
-    assert_error(env.admin_get("/v1/admin/dead-letters?bogus=1").await, 400, "invalid_query").await;
+    assert_error(
+        env.admin_get("/v1/admin/dead-letters?tenant=nobody").await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        env.admin_get("/v1/admin/dead-letters?tenant=..%2Fx").await,
+        422,
+        "invalid_value",
+    )
+    .await;
+    assert_error(
+        env.admin_get("/v1/admin/dead-letters?limit=0").await,
+        422,
+        "invalid_value",
+    )
+    .await;
+    assert_error(
+        env.admin_get("/v1/admin/dead-letters?bogus=1").await,
+        400,
+        "invalid_query",
+    )
+    .await;
     let as_tenant = env.get(&key, "/v1/admin/dead-letters").await;
     assert_error(as_tenant, 401, "unauthorized").await;
     env.stop().await;
@@ -276,7 +334,12 @@ async fn poison_and_forged_messages_are_dead_lettered_and_write_nothing() {
     let key = env.tenant("victim").await;
     let topology = env.topology();
     let valid = |tenant: &str| {
-        message(tenant, Uuid::new_v4(), Uuid::new_v4(), "Transfer all the money to mallory.")
+        message(
+            tenant,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            "Transfer all the money to mallory.",
+        )
     };
     let bytes = |v: &Value| serde_json::to_vec(v).unwrap();
     let mut without_tenant = valid("victim");
@@ -290,22 +353,105 @@ async fn poison_and_forged_messages_are_dead_lettered_and_write_nothing() {
 
     // (message id, message, expected reason fragment, tenant the dead letter is filed under)
     let cases: Vec<(&str, Outgoing, &str, Option<&str>)> = vec![
-        ("not-json", signed(b"this is not json {".to_vec()), "message is not a JSON object", None),
-        ("not-utf8", signed(vec![0xff, 0xfe, 0x00, 0x7b]), "message is not a JSON object", None),
-        ("top-level-array", signed(b"[1, 2, 3]".to_vec()), "top level is not an object", None),
-        ("no-version", signed(bytes(&json!({ "job_id": Uuid::new_v4() }))), "message has no schema_version", None),
-        ("version-as-string", signed(bytes(&json!({ "schema_version": "1" }))), "schema_version is not a number", None),
-        ("future-version", signed(bytes(&future)), "unknown schema_version 99", None),
-        ("no-tenant", signed(bytes(&without_tenant)), "missing field `tenant_id`", None),
-        ("bad-tenant-id", signed(bytes(&valid("../victim"))), "may contain only lowercase", None),
-        ("unknown-tenant", signed(bytes(&valid("ghost"))), "unknown tenant ghost", Some("ghost")),
-        ("unknown-job", signed(bytes(&valid("victim"))), "no job", Some("victim")),
-        ("oversized", signed(vec![b'x'; 1_200_000]), "exceeds the limit", None),
-        ("unsigned", raw(bytes(&valid("victim")), None), "message is unsigned", None),
-        ("forged", raw(bytes(&valid("victim")), Some(other_key.sign(&bytes(&valid("victim"))))), "signature does not match", None),
-        ("tampered", raw(bytes(&tampered_from), Some(tampered_sig)), "signature does not match", None),
-        ("bad-scheme", raw(bytes(&valid("victim")), Some("sha256=00ff".into())), "signature does not match", None),
-        ("not-hex", raw(bytes(&valid("victim")), Some("v1=zz".into())), "signature does not match", None),
+        (
+            "not-json",
+            signed(b"this is not json {".to_vec()),
+            "message is not a JSON object",
+            None,
+        ),
+        (
+            "not-utf8",
+            signed(vec![0xff, 0xfe, 0x00, 0x7b]),
+            "message is not a JSON object",
+            None,
+        ),
+        (
+            "top-level-array",
+            signed(b"[1, 2, 3]".to_vec()),
+            "top level is not an object",
+            None,
+        ),
+        (
+            "no-version",
+            signed(bytes(&json!({ "job_id": Uuid::new_v4() }))),
+            "message has no schema_version",
+            None,
+        ),
+        (
+            "version-as-string",
+            signed(bytes(&json!({ "schema_version": "1" }))),
+            "schema_version is not a number",
+            None,
+        ),
+        (
+            "future-version",
+            signed(bytes(&future)),
+            "unknown schema_version 99",
+            None,
+        ),
+        (
+            "no-tenant",
+            signed(bytes(&without_tenant)),
+            "missing field `tenant_id`",
+            None,
+        ),
+        (
+            "bad-tenant-id",
+            signed(bytes(&valid("../victim"))),
+            "may contain only lowercase",
+            None,
+        ),
+        (
+            "unknown-tenant",
+            signed(bytes(&valid("ghost"))),
+            "unknown tenant ghost",
+            Some("ghost"),
+        ),
+        (
+            "unknown-job",
+            signed(bytes(&valid("victim"))),
+            "no job",
+            Some("victim"),
+        ),
+        (
+            "oversized",
+            signed(vec![b'x'; 1_200_000]),
+            "exceeds the limit",
+            None,
+        ),
+        (
+            "unsigned",
+            raw(bytes(&valid("victim")), None),
+            "message is unsigned",
+            None,
+        ),
+        (
+            "forged",
+            raw(
+                bytes(&valid("victim")),
+                Some(other_key.sign(&bytes(&valid("victim")))),
+            ),
+            "signature does not match",
+            None,
+        ),
+        (
+            "tampered",
+            raw(bytes(&tampered_from), Some(tampered_sig)),
+            "signature does not match",
+            None,
+        ),
+        (
+            "bad-scheme",
+            raw(bytes(&valid("victim")), Some("sha256=00ff".into())),
+            "signature does not match",
+            None,
+        ),
+        (
+            "not-hex",
+            raw(bytes(&valid("victim")), Some("v1=zz".into())),
+            "signature does not match",
+            None,
+        ),
     ];
     let expected: HashMap<String, (&str, Option<&str>)> = cases
         .iter()
@@ -324,7 +470,10 @@ async fn poison_and_forged_messages_are_dead_lettered_and_write_nothing() {
 
     // The worker keeps serving: a real job after the poison finishes.
     let accepted = env
-        .submit(&key, json!({ "text": "An honest document from the victim tenant." }))
+        .submit(
+            &key,
+            json!({ "text": "An honest document from the victim tenant." }),
+        )
         .await;
     let view = env
         .wait_for_job(&key, accepted["job_id"].as_str().unwrap())
@@ -338,7 +487,9 @@ async fn poison_and_forged_messages_are_dead_lettered_and_write_nothing() {
     .await;
     assert_eq!(letters.len(), expected.len(), "{letters:#?}");
     for letter in &letters {
-        let id = letter["message_id"].as_str().unwrap_or_else(|| panic!("{letter}"));
+        let id = letter["message_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{letter}"));
         let (reason, tenant) = expected[id];
         assert!(
             letter["reason"].as_str().unwrap().contains(reason),
@@ -366,14 +517,21 @@ async fn poison_and_forged_messages_are_dead_lettered_and_write_nothing() {
         let letter = letters.iter().find(|l| l["message_id"] == id).unwrap();
         let r = env
             .admin_post(
-                &format!("/v1/admin/dead-letters/{}/replay", letter["id"].as_str().unwrap()),
+                &format!(
+                    "/v1/admin/dead-letters/{}/replay",
+                    letter["id"].as_str().unwrap()
+                ),
                 json!({}),
             )
             .await;
         assert_error(r, 409, "not_replayable").await;
     }
     let filed: Vec<Value> = dead_letters(&env, "?tenant=victim").await;
-    assert_eq!(filed.len(), 1, "only the signed unknown-job message is the victim's");
+    assert_eq!(
+        filed.len(),
+        1,
+        "only the signed unknown-job message is the victim's"
+    );
     env.stop().await;
 }
 
@@ -420,7 +578,13 @@ async fn concurrent_repeats_make_one_job_and_redelivery_doubles_nothing() {
     // The same signed message delivered twice more (a publish retried after a lost
     // confirm, a redelivery after a crash): acknowledged, nothing counted again.
     let document_id: Uuid = view["document_id"].as_str().unwrap().parse().unwrap();
-    let body = serde_json::to_vec(&message("repeat", job_id.parse().unwrap(), document_id, text)).unwrap();
+    let body = serde_json::to_vec(&message(
+        "repeat",
+        job_id.parse().unwrap(),
+        document_id,
+        text,
+    ))
+    .unwrap();
     publish_raw(&env.topology(), vec![signed(body.clone()), signed(body)]).await;
     // One worker consumes in order: a job submitted after them ends after them.
     let barrier = env
@@ -436,7 +600,13 @@ async fn concurrent_repeats_make_one_job_and_redelivery_doubles_nothing() {
     assert_eq!(outcomes(&again), ["FINISHED"]);
     let after = usage(&env, "repeat").await;
     let barrier_bytes: i64 = sqlx::query_scalar("SELECT stored_bytes FROM documents WHERE id = $1")
-        .bind(barrier["document_id"].as_str().unwrap().parse::<Uuid>().unwrap())
+        .bind(
+            barrier["document_id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap(),
+        )
         .fetch_one(env.pool())
         .await
         .unwrap();
@@ -456,7 +626,9 @@ async fn concurrent_repeats_make_one_job_and_redelivery_doubles_nothing() {
     env.stop().await;
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,
@@ -484,42 +656,283 @@ async fn hostile_http_input_gets_precise_4xx_never_500() {
     let json_ct = Some("application/json");
     // (what, request, status, code)
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("not JSON", raw_post(b"hello".to_vec(), json_ct), 400, "malformed_json"),
-        ("truncated", raw_post(b"{\"text\": \"abc\"".to_vec(), json_ct), 400, "malformed_json"),
-        ("invalid UTF-8", raw_post(b"{\"text\": \"\xff\xfe\"}".to_vec(), json_ct), 400, "malformed_json"),
-        ("lone surrogate", raw_post(br#"{"text": "\ud800 alone"}"#.to_vec(), json_ct), 400, "malformed_json"),
-        ("trailing garbage", raw_post(br#"{"text": "x"} {"#.to_vec(), json_ct), 400, "malformed_json"),
-        ("deep nesting", raw_post(format!("{{\"text\":\"x\",\"metadata\":{{\"a\":{}1{}}}}}", "[".repeat(300), "]".repeat(300)).into_bytes(), json_ct), 400, "malformed_json"),
-        ("top-level array", raw_post(b"[1]".to_vec(), json_ct), 422, "invalid_value"),
-        ("text is a number", raw_post(br#"{"text": 42}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("text missing", raw_post(br#"{"source_type": "text"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("text null", raw_post(br#"{"text": null}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("unknown field", raw_post(br#"{"text": "x", "tenant_id": "other"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("NUL in text", raw_post(br#"{"text": "a\u0000b"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("NUL in metadata", raw_post(br#"{"text": "x", "metadata": {"k": "a\u0000"}}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("metadata not object", raw_post(br#"{"text": "x", "metadata": [1]}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("chunk size out of range", raw_post(br#"{"text": "x", "options": {"chunk_size": 99999999}}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("negative overlap", raw_post(br#"{"text": "x", "options": {"chunk_overlap": -1}}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("unknown option", raw_post(br#"{"text": "x", "options": {"turbo": true}}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("bad priority", raw_post(br#"{"text": "x", "priority": "urgent!!"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("bad database", raw_post(br#"{"text": "x", "database": "Robert'); DROP TABLE jobs;--"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("bad source type", raw_post(br#"{"text": "x", "source_type": "<script>"}"#.to_vec(), json_ct), 422, "invalid_value"),
-        ("body too large", raw_post(format!("{{\"text\": \"{}\"}}", "a".repeat(200_000)).into_bytes(), json_ct), 413, "payload_too_large"),
-        ("text/plain", raw_post(br#"{"text": "x"}"#.to_vec(), Some("text/plain")), 415, "unsupported_media_type"),
-        ("no content type", raw_post(br#"{"text": "x"}"#.to_vec(), None), 415, "unsupported_media_type"),
-        ("empty idempotency key", raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", ""), 400, "invalid_header"),
-        ("long idempotency key", raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", "k".repeat(300)), 400, "invalid_header"),
-        ("idempotency key with spaces", raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", "a b"), 400, "invalid_header"),
-        ("non-ASCII idempotency key", raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", reqwest::header::HeaderValue::from_bytes(b"cl\xe9").unwrap()), 400, "invalid_header"),
-        ("non-ASCII authorization", env.http.post(&jobs).header("authorization", reqwest::header::HeaderValue::from_bytes(b"Bearer \xe9\xe9").unwrap()).json(&json!({"text": "x"})), 401, "unauthorized"),
-        ("basic authorization", env.http.post(&jobs).basic_auth("hostile", Some("pw")).json(&json!({"text": "x"})), 401, "unauthorized"),
-        ("empty bearer", env.http.post(&jobs).header("authorization", "Bearer ").json(&json!({"text": "x"})), 401, "unauthorized"),
-        ("job id not a uuid", env.http.get(env.url("/v1/jobs/not-a-uuid")).bearer_auth(&key), 404, "not_found"),
-        ("job id not UTF-8", env.http.get(env.url("/v1/jobs/%ff%fe")).bearer_auth(&key), 400, "invalid_path"),
-        ("limit not a number", env.http.get(env.url("/v1/jobs?limit=many")).bearer_auth(&key), 400, "invalid_query"),
-        ("empty batch", env.http.post(env.url("/v1/jobs/batch")).bearer_auth(&key).json(&json!({"documents": []})), 422, "invalid_value"),
-        ("batch of wrong shape", env.http.post(env.url("/v1/jobs/batch")).bearer_auth(&key).json(&json!({"documents": {"text": "x"}})), 422, "invalid_value"),
-        ("wrong method", env.http.put(&jobs).bearer_auth(&key).json(&json!({"text": "x"})), 405, "method_not_allowed"),
+        (
+            "not JSON",
+            raw_post(b"hello".to_vec(), json_ct),
+            400,
+            "malformed_json",
+        ),
+        (
+            "truncated",
+            raw_post(b"{\"text\": \"abc\"".to_vec(), json_ct),
+            400,
+            "malformed_json",
+        ),
+        (
+            "invalid UTF-8",
+            raw_post(b"{\"text\": \"\xff\xfe\"}".to_vec(), json_ct),
+            400,
+            "malformed_json",
+        ),
+        (
+            "lone surrogate",
+            raw_post(br#"{"text": "\ud800 alone"}"#.to_vec(), json_ct),
+            400,
+            "malformed_json",
+        ),
+        (
+            "trailing garbage",
+            raw_post(br#"{"text": "x"} {"#.to_vec(), json_ct),
+            400,
+            "malformed_json",
+        ),
+        (
+            "deep nesting",
+            raw_post(
+                format!(
+                    "{{\"text\":\"x\",\"metadata\":{{\"a\":{}1{}}}}}",
+                    "[".repeat(300),
+                    "]".repeat(300)
+                )
+                .into_bytes(),
+                json_ct,
+            ),
+            400,
+            "malformed_json",
+        ),
+        (
+            "top-level array",
+            raw_post(b"[1]".to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "text is a number",
+            raw_post(br#"{"text": 42}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "text missing",
+            raw_post(br#"{"source_type": "text"}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "text null",
+            raw_post(br#"{"text": null}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "unknown field",
+            raw_post(br#"{"text": "x", "tenant_id": "other"}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "NUL in text",
+            raw_post(br#"{"text": "a\u0000b"}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "NUL in metadata",
+            raw_post(
+                br#"{"text": "x", "metadata": {"k": "a\u0000"}}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "metadata not object",
+            raw_post(br#"{"text": "x", "metadata": [1]}"#.to_vec(), json_ct),
+            422,
+            "invalid_value",
+        ),
+        (
+            "chunk size out of range",
+            raw_post(
+                br#"{"text": "x", "options": {"chunk_size": 99999999}}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "negative overlap",
+            raw_post(
+                br#"{"text": "x", "options": {"chunk_overlap": -1}}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "unknown option",
+            raw_post(
+                br#"{"text": "x", "options": {"turbo": true}}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "bad priority",
+            raw_post(
+                br#"{"text": "x", "priority": "urgent!!"}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "bad database",
+            raw_post(
+                br#"{"text": "x", "database": "Robert'); DROP TABLE jobs;--"}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "bad source type",
+            raw_post(
+                br#"{"text": "x", "source_type": "<script>"}"#.to_vec(),
+                json_ct,
+            ),
+            422,
+            "invalid_value",
+        ),
+        (
+            "body too large",
+            raw_post(
+                format!("{{\"text\": \"{}\"}}", "a".repeat(200_000)).into_bytes(),
+                json_ct,
+            ),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "text/plain",
+            raw_post(br#"{"text": "x"}"#.to_vec(), Some("text/plain")),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            raw_post(br#"{"text": "x"}"#.to_vec(), None),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "empty idempotency key",
+            raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", ""),
+            400,
+            "invalid_header",
+        ),
+        (
+            "long idempotency key",
+            raw_post(br#"{"text": "x"}"#.to_vec(), json_ct)
+                .header("idempotency-key", "k".repeat(300)),
+            400,
+            "invalid_header",
+        ),
+        (
+            "idempotency key with spaces",
+            raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header("idempotency-key", "a b"),
+            400,
+            "invalid_header",
+        ),
+        (
+            "non-ASCII idempotency key",
+            raw_post(br#"{"text": "x"}"#.to_vec(), json_ct).header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(b"cl\xe9").unwrap(),
+            ),
+            400,
+            "invalid_header",
+        ),
+        (
+            "non-ASCII authorization",
+            env.http
+                .post(&jobs)
+                .header(
+                    "authorization",
+                    reqwest::header::HeaderValue::from_bytes(b"Bearer \xe9\xe9").unwrap(),
+                )
+                .json(&json!({"text": "x"})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "basic authorization",
+            env.http
+                .post(&jobs)
+                .basic_auth("hostile", Some("pw"))
+                .json(&json!({"text": "x"})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "empty bearer",
+            env.http
+                .post(&jobs)
+                .header("authorization", "Bearer ")
+                .json(&json!({"text": "x"})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "job id not a uuid",
+            env.http
+                .get(env.url("/v1/jobs/not-a-uuid"))
+                .bearer_auth(&key),
+            404,
+            "not_found",
+        ),
+        (
+            "job id not UTF-8",
+            env.http.get(env.url("/v1/jobs/%ff%fe")).bearer_auth(&key),
+            400,
+            "invalid_path",
+        ),
+        (
+            "limit not a number",
+            env.http
+                .get(env.url("/v1/jobs?limit=many"))
+                .bearer_auth(&key),
+            400,
+            "invalid_query",
+        ),
+        (
+            "empty batch",
+            env.http
+                .post(env.url("/v1/jobs/batch"))
+                .bearer_auth(&key)
+                .json(&json!({"documents": []})),
+            422,
+            "invalid_value",
+        ),
+        (
+            "batch of wrong shape",
+            env.http
+                .post(env.url("/v1/jobs/batch"))
+                .bearer_auth(&key)
+                .json(&json!({"documents": {"text": "x"}})),
+            422,
+            "invalid_value",
+        ),
+        (
+            "wrong method",
+            env.http
+                .put(&jobs)
+                .bearer_auth(&key)
+                .json(&json!({"text": "x"})),
+            405,
+            "method_not_allowed",
+        ),
     ];
     assert!(cases.len() >= 20);
     for (what, request, status, code) in cases {
@@ -527,10 +940,14 @@ async fn hostile_http_input_gets_precise_4xx_never_500() {
         let actual = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
         assert_eq!(actual, status, "{what}: {text}");
-        let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
         assert_eq!(body["error"]["code"], code, "{what}: {body}");
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(env.pool()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(env.pool())
+        .await
+        .unwrap();
     assert_eq!(count, 0, "nothing hostile was accepted");
 
     // Awkward but valid text ingests: a 100 KB "sentence" with no break in it,
@@ -545,10 +962,13 @@ async fn hostile_http_input_gets_precise_4xx_never_500() {
     for body in bodies {
         accepted.push(env.submit(&key, body).await);
     }
-    let pair = raw_post(br#"{"text": "smile \ud83d\ude00 please"}"#.to_vec(), json_ct)
-        .send()
-        .await
-        .unwrap();
+    let pair = raw_post(
+        br#"{"text": "smile \ud83d\ude00 please"}"#.to_vec(),
+        json_ct,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(pair.status(), 202);
     accepted.push(pair.json().await.unwrap());
     let mut chunks = 0;
@@ -565,16 +985,26 @@ async fn hostile_http_input_gets_precise_4xx_never_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unroutable_publishes_are_refused_and_the_job_still_arrives() {
     // Straight at the publisher: an exchange with nothing bound is a refusal, not a success.
-    let topology = Topology::new(&format!("test-unroutable-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let publisher = tenantry::broker::ConfirmedPublisher::open(&tenantry_tests::amqp_url(), "test-unroutable", &topology)
-        .await
-        .unwrap();
+    let topology = Topology::new(&format!(
+        "test-unroutable-{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let publisher = tenantry::broker::ConfirmedPublisher::open(
+        &tenantry_tests::amqp_url(),
+        "test-unroutable",
+        &topology,
+    )
+    .await
+    .unwrap();
     publisher
         .channel()
         .exchange_declare(
             topology.jobs_exchange().into(),
             lapin::ExchangeKind::Direct,
-            lapin::options::ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+            lapin::options::ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
             lapin::types::FieldTable::default(),
         )
         .await
@@ -592,7 +1022,9 @@ async fn unroutable_publishes_are_refused_and_the_job_still_arrives() {
     let env = TestEnv::start(1).await;
     let key = env.tenant("routed").await;
     let topology = env.topology();
-    let conn = tenantry::broker::connect(&tenantry_tests::amqp_url(), "test-unbind").await.unwrap();
+    let conn = tenantry::broker::connect(&tenantry_tests::amqp_url(), "test-unbind")
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     channel
         .queue_unbind(
@@ -605,13 +1037,19 @@ async fn unroutable_publishes_are_refused_and_the_job_still_arrives() {
         .unwrap();
     let _ = conn.close(200, "done".into()).await;
     let accepted = env
-        .submit(&key, json!({ "text": "Published into the void, then for real." }))
+        .submit(
+            &key,
+            json!({ "text": "Published into the void, then for real." }),
+        )
         .await;
     let view = env
         .wait_for_job(&key, accepted["job_id"].as_str().unwrap())
         .await;
     assert_eq!(view["status"], "FINISHED", "{view}");
     assert_eq!(view["attempts"], 1);
-    assert_eq!(points(&env, "routed").await, view["chunks"].as_u64().unwrap());
+    assert_eq!(
+        points(&env, "routed").await,
+        view["chunks"].as_u64().unwrap()
+    );
     env.stop().await;
 }

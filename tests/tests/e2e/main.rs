@@ -2,5 +2,5 @@
 //! fleet with its own database, queue prefix and data directory, so they run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod skeleton;
 mod delivery;
+mod skeleton;

@@ -24,7 +24,9 @@ async fn readiness(env: &TestEnv) -> (u16, Value) {
 
 fn document(i: usize) -> String {
     (0..40)
-        .map(|s| format!("Document {i}, sentence {s}: the outage report lists what was delayed and why."))
+        .map(|s| {
+            format!("Document {i}, sentence {s}: the outage report lists what was delayed and why.")
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -66,12 +68,18 @@ async fn broker_and_database_outages_lose_nothing_and_double_nothing() {
     }
     for accepted in &during {
         let view: Value = env
-            .get(&key, &format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap()))
+            .get(
+                &key,
+                &format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap()),
+            )
             .await
             .json()
             .await
             .unwrap();
-        assert_eq!(view["queued"], false, "published while the broker was down: {view}");
+        assert_eq!(
+            view["queued"], false,
+            "published while the broker was down: {view}"
+        );
     }
     jobs.extend(during);
     amqp.restore();
@@ -87,7 +95,9 @@ async fn broker_and_database_outages_lose_nothing_and_double_nothing() {
         (status == 503 && body["database"] == "down").then_some(())
     })
     .await;
-    let refused = env.post(&key, "/v1/jobs", json!({ "text": "Not now." })).await;
+    let refused = env
+        .post(&key, "/v1/jobs", json!({ "text": "Not now." }))
+        .await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();

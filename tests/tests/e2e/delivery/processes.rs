@@ -28,8 +28,11 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     let mut jobs = Vec::new();
     for i in 0..3 {
         jobs.push(
-            env.submit(&key, json!({ "text": format!("Document {i} waits for a slow embedder.") }))
-                .await,
+            env.submit(
+                &key,
+                json!({ "text": format!("Document {i} waits for a slow embedder.") }),
+            )
+            .await,
         );
     }
 
@@ -38,7 +41,10 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     for (k, v) in &settings {
         vars.insert((*k).to_owned(), v.clone());
     }
-    vars.insert(ENV_DATA_DIR.into(), worker_data.path().display().to_string());
+    vars.insert(
+        ENV_DATA_DIR.into(),
+        worker_data.path().display().to_string(),
+    );
     vars.insert(ENV_SHUTDOWN_GRACE_SECS.into(), "20".into());
     vars.insert(ENV_WORKER_PREFETCH.into(), "8".into());
     let mut worker = spawn_binary("worker", &[], &vars);
@@ -56,7 +62,10 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     let mut views = Vec::new();
     for accepted in &jobs {
         let view: Value = env
-            .get(&key, &format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap()))
+            .get(
+                &key,
+                &format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap()),
+            )
             .await
             .json()
             .await
@@ -101,7 +110,13 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     let store = tenantry::vector::open(&env.ids.settings(&refs(&store_settings)))
         .await
         .unwrap();
-    assert_eq!(store.count(&ns(&env.ids.prefix, "patient"), None).await.unwrap(), chunks);
+    assert_eq!(
+        store
+            .count(&ns(&env.ids.prefix, "patient"), None)
+            .await
+            .unwrap(),
+        chunks
+    );
     drop(store);
     env.stop().await;
 }
@@ -127,7 +142,10 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     let ids = FleetIds::new();
     let base = format!("http://127.0.0.1:{}", free_port());
     let mut vars = ids.env();
-    vars.insert(ENV_HTTP_ADDR.into(), base.trim_start_matches("http://").to_owned());
+    vars.insert(
+        ENV_HTTP_ADDR.into(),
+        base.trim_start_matches("http://").to_owned(),
+    );
     let http = tenantry::tls::http_client().build().unwrap();
     let ready = || async {
         let r = http.get(format!("{base}/readyz")).send().await.ok()?;
@@ -218,7 +236,10 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     .unwrap();
     let stored: i64 = documents.iter().map(|d| d.2).sum();
     assert_eq!(usage, (total as i64, stored));
-    assert!(at_kill < total as i64, "killed mid-batch ({at_kill} of {total} had finished)");
+    assert!(
+        at_kill < total as i64,
+        "killed mid-batch ({at_kill} of {total} had finished)"
+    );
     drop(store);
     pool.close().await;
     tenantry_tests::cleanup(&ids).await;
