@@ -40,6 +40,9 @@ pub const ENV_TENANT_WINDOW: &str = "TENANTRY_TENANT_WINDOW";
 pub const ENV_FLEET_WINDOW: &str = "TENANTRY_FLEET_WINDOW";
 pub const ENV_HEARTBEAT_SECS: &str = "TENANTRY_HEARTBEAT_SECS";
 pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
+/// Retries of one embedding request inside a job attempt, before the job itself is
+/// retried through the broker (0: every failure goes straight to the job's retry).
+pub const ENV_EMBEDDER_MAX_RETRIES: &str = "TENANTRY_EMBEDDER_MAX_RETRIES";
 
 /// Every variable the binaries read, for deployment-file checks.
 pub const ALL_ENV_VARS: &[&str] = &[
@@ -71,6 +74,7 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_FLEET_WINDOW,
     ENV_HEARTBEAT_SECS,
     ENV_LOG_FORMAT,
+    ENV_EMBEDDER_MAX_RETRIES,
     "RUST_LOG",
 ];
 
@@ -139,6 +143,8 @@ pub enum EmbedderSettings {
         model: String,
         dimension: usize,
         api_key: Option<Secret>,
+        /// Retries of one request within a job attempt (`TENANTRY_EMBEDDER_MAX_RETRIES`).
+        max_retries: u32,
     },
 }
 
@@ -287,6 +293,13 @@ impl Settings {
                     Some(_) => parse_num(&get, ENV_EMBEDDER_DIM, 0usize, 1, 65536)?,
                 },
                 api_key: get(ENV_EMBEDDER_API_KEY).map(Secret),
+                max_retries: parse_num(
+                    &get,
+                    ENV_EMBEDDER_MAX_RETRIES,
+                    crate::embed::DEFAULT_MAX_RETRIES,
+                    0,
+                    20,
+                )?,
             },
             Some(other) => {
                 return Err(bad(

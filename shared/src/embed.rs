@@ -619,9 +619,11 @@ pub fn from_settings(
             model,
             dimension,
             api_key,
+            max_retries,
         } => {
             let mut config = OpenAiConfig::new(url.clone(), model.clone(), *dimension);
             config.api_key = api_key.as_ref().map(|k| k.expose().to_owned());
+            config.max_retries = *max_retries;
             std::sync::Arc::new(OpenAiEmbedder::new(config)?)
         }
     })

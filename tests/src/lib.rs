@@ -466,3 +466,30 @@ impl Drop for Workers {
         self.stop.cancel();
     }
 }
+
+impl TestEnv {
+    /// As [`TestEnv::start_with`], for a fleet whose ids the test made itself (to point
+    /// its URLs somewhere else, e.g. through a fault-injecting proxy, while cleanup
+    /// still uses the real services).
+    pub async fn start_with_ids(ids: FleetIds, workers: usize, overrides: &[(&str, &str)]) -> Self {
+        init_logs();
+        let settings = ids.settings(overrides);
+        let stop = CancellationToken::new();
+        let app = Application::build(settings, workers, &stop)
+            .await
+            .expect("dispatcher builds");
+        let base_url = format!("http://{}", app.local_addr());
+        let state = app.state().clone();
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        let env = Self {
+            ids,
+            base_url,
+            http: tenantry::tls::http_client().build().expect("http client"),
+            state,
+            stop,
+            handle: Some(handle),
+        };
+        env.wait_until_ready().await;
+        env
+    }
+}

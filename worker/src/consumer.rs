@@ -47,6 +47,9 @@ async fn serve(
         .await?;
     loop {
         let next = tokio::select! {
+            // Stop first: a prefetched delivery is ready at once, and must not win
+            // against a stop request (it goes back to the queue when the channel closes).
+            biased;
             _ = stop.cancelled() => break,
             next = consumer.next() => next,
         };

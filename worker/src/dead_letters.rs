@@ -77,6 +77,7 @@ async fn serve(
             reason: &reason,
             body: &delivery.data,
             headers: headers_json(props.headers().as_ref()),
+            message_id: props.message_id().as_ref().map(|m| m.as_str()),
         };
         // Hold the message until it is recorded: if Postgres is down, it waits here.
         let mut wait = Duration::from_millis(200);

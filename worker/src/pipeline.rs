@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use serde_json::{Map, Value, json};
+use tenantry::db::attempts::{self, AttemptOutcome};
 use tenantry::db::jobs::{self as job_db, Outcome, StartOutcome};
 use tenantry::embed::EmbedError;
 use tenantry::ingest::{self, DocumentRef};
@@ -184,8 +185,19 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
             };
         }
     };
+    if let Err(e) = attempts::start(
+        &ctx.pool,
+        &tenant.id,
+        message.job_id,
+        attempt,
+        &ctx.worker_id,
+    )
+    .await
+    {
+        tracing::warn!(attempt, error = %e, "Could not record the start of an attempt.");
+    }
     let started_at = Instant::now();
-    match run_stages(ctx, &tenant, &message).await {
+    let (disposition, ended) = match run_stages(ctx, &tenant, &message).await {
         Ok(outcome) => record_finished(ctx, &tenant, &message, outcome, started_at).await,
         Err(e) if e.retryable && (attempt as u32) < ctx.settings.worker.max_attempts => {
             tracing::warn!(attempt, code = e.code, error = %e.message, "Attempt failed; retrying later.");
@@ -195,14 +207,51 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
                 // The job keeps its slot; the next delivery resumes it.
                 tracing::warn!(error = %db, "Could not record the retry.");
             }
-            Disposition::Later {
+            let ended = Some((AttemptOutcome::Retry, Some((e.code, e.message.clone()))));
+            let later = Disposition::Later {
                 tier: (attempt as usize).saturating_sub(1),
                 why: e.message,
-            }
+            };
+            (later, ended)
         }
-        Err(e) => fail_permanently(ctx, &tenant, &message, e.code, &e.message).await,
+        Err(e) => {
+            let code = e.code;
+            // A retryable failure that used up its attempts says so; a permanent
+            // one failed at once and is not retried.
+            let reason = if e.retryable {
+                format!("{} (after {attempt} attempts)", e.message)
+            } else {
+                e.message
+            };
+            let disposition = fail_permanently(ctx, &tenant, &message, code, &reason).await;
+            let ended = matches!(disposition, Disposition::Dead { .. })
+                .then_some((AttemptOutcome::Failed, Some((code, reason))));
+            (disposition, ended)
+        }
+    };
+    if let Some((outcome, error)) = ended {
+        let error = error.as_ref().map(|(c, m)| (*c, m.as_str()));
+        if let Err(e) = attempts::end(
+            &ctx.pool,
+            &tenant.id,
+            message.job_id,
+            attempt,
+            outcome,
+            error,
+        )
+        .await
+        {
+            tracing::warn!(attempt, error = %e, "Could not record the end of an attempt.");
+        }
     }
+    disposition
 }
+
+/// A disposition, and how the attempt ended if it did (None: it will be resumed).
+type Settled = (
+    Disposition,
+    Option<(AttemptOutcome, Option<(&'static str, String)>)>,
+);
 
 /// Chunk, embed, upsert. Returns what was stored, with stage timings.
 async fn run_stages(
@@ -299,7 +348,7 @@ async fn record_finished(
     message: &JobMessage,
     mut outcome: Outcome,
     started_at: Instant,
-) -> Disposition {
+) -> Settled {
     let clock = Instant::now();
     let recorded = job_db::finish(&ctx.pool, &tenant.id, message.job_id, &outcome).await;
     if let Value::Object(t) = &mut outcome.timings {
@@ -314,19 +363,25 @@ async fn record_finished(
                 "Job finished."
             );
             ctx.job_ended();
-            Disposition::Ack
+            (Disposition::Ack, Some((AttemptOutcome::Finished, None)))
         }
         Ok(Err(quota)) => {
             remove_points(ctx, tenant, message).await;
-            fail_permanently(ctx, tenant, message, "quota_exceeded", &quota.to_string()).await
+            let reason = quota.to_string();
+            let disposition =
+                fail_permanently(ctx, tenant, message, "quota_exceeded", &reason).await;
+            let ended = matches!(disposition, Disposition::Dead { .. })
+                .then_some((AttemptOutcome::Failed, Some(("quota_exceeded", reason))));
+            (disposition, ended)
         }
         Err(e) => {
             // The points are written (idempotently); recording them again is safe.
             tracing::warn!(error = %e, "Could not record the finished job; retrying later.");
-            Disposition::Later {
+            let later = Disposition::Later {
                 tier: TIER_WAIT,
                 why: format!("recording failed: {e}"),
-            }
+            };
+            (later, None)
         }
     }
 }

@@ -333,6 +333,10 @@ pub async fn show(
     let view = job_db::get(&state.pool, &caller.tenant.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
+    let history = tenantry::db::attempts::history(&state.pool, &caller.tenant.id, id).await?;
+    let mut view = serde_json::to_value(view)
+        .map_err(|e| ApiError::internal("Serialising a job failed.", e))?;
+    view["attempt_history"] = json!(history);
     Ok(Json(view).into_response())
 }
 

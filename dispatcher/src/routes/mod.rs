@@ -11,6 +11,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod documents;
 pub mod isolation;
+pub mod dead_letters;
 pub mod jobs;
 pub mod ops;
 pub mod search;
@@ -59,6 +60,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/usage", get(quotas::admin_usage))
         .route("/v1/tenant/quotas", get(quotas::show))
         .route("/v1/tenant/usage", get(quotas::usage))
+        .route("/v1/admin/dead-letters", get(dead_letters::list))
+        .route(
+            "/v1/admin/dead-letters/{id}/replay",
+            post(dead_letters::replay),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(|| async {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
+pub mod attempts;
 pub mod audit;
 pub mod dead_letters;
 pub mod documents;
@@ -55,10 +56,15 @@ impl DbError {
 /// Whether an sqlx error means "the database is down or busy", i.e. worth retrying.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
+        // A protocol error is a connection cut mid-conversation (e.g. a proxy or
+        // pooler that accepts and then drops the connection while Postgres is down:
+        // the TLS negotiation then reads nothing): the server, not the query, failed.
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             // Class 08 (connection), 53 (resources), 57 (operator intervention:
             // shutdown, admin restart), 40001/40P01 (serialization, deadlock).

@@ -4,6 +4,7 @@
 
 mod fairness;
 mod quotas;
+mod delivery;
 mod skeleton;
 mod tenants;
 mod vectors;
