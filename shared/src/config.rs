@@ -39,6 +39,15 @@ pub const ENV_AUTH_CACHE_SECS: &str = "TENANTRY_AUTH_CACHE_SECS";
 pub const ENV_TENANT_WINDOW: &str = "TENANTRY_TENANT_WINDOW";
 pub const ENV_HEARTBEAT_SECS: &str = "TENANTRY_HEARTBEAT_SECS";
 pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
+/// Where a `worker` process serves `/metrics` (unset: no listener; port 0: any free port).
+pub const ENV_METRICS_ADDR: &str = "TENANTRY_METRICS_ADDR";
+/// Tenants given their own label in per-tenant metrics; the rest are summed as "other".
+pub const ENV_METRICS_TOP_TENANTS: &str = "TENANTRY_METRICS_TOP_TENANTS";
+// Read by `tenantryctl` only.
+/// Base URL of the dispatcher tenantryctl talks to.
+pub const ENV_URL: &str = "TENANTRY_URL";
+/// A tenant's API key, for tenantryctl's tenant commands (`jobs`, `submit`).
+pub const ENV_API_KEY: &str = "TENANTRY_API_KEY";
 
 /// Every variable the binaries read, for deployment-file checks.
 pub const ALL_ENV_VARS: &[&str] = &[
@@ -69,6 +78,10 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_TENANT_WINDOW,
     ENV_HEARTBEAT_SECS,
     ENV_LOG_FORMAT,
+    ENV_METRICS_ADDR,
+    ENV_METRICS_TOP_TENANTS,
+    ENV_URL,
+    ENV_API_KEY,
     "RUST_LOG",
 ];
 
@@ -151,7 +164,8 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// How long SIGTERM waits for in-flight jobs before exiting.
     pub shutdown_grace: Duration,
-    /// How often a worker announces itself; it counts as dead after 3 missed beats.
+    /// How long a worker that stopped announcing itself still counts as alive: a worker
+    /// beats three times per interval, so a dead one leaves the view within one interval.
     pub heartbeat: Duration,
 }
 
@@ -181,6 +195,10 @@ pub struct Settings {
     pub tenant_window: u32,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
+    /// Where a `worker` process serves `/metrics`; None: not at all.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Tenants labelled by name in per-tenant metrics (the rest are "other").
+    pub metrics_top_tenants: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -344,6 +362,13 @@ impl Settings {
                 heartbeat: Duration::from_secs(parse_num(&get, ENV_HEARTBEAT_SECS, 5u64, 1, 3600)?),
             },
             log_format,
+            metrics_addr: get(ENV_METRICS_ADDR)
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|e| bad(ENV_METRICS_ADDR, format!("not a socket address: {e}")))
+                })
+                .transpose()?,
+            metrics_top_tenants: parse_num(&get, ENV_METRICS_TOP_TENANTS, 20usize, 0, 1000)?,
         })
     }
 

@@ -11,6 +11,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod jobs;
 pub mod ops;
+pub mod ops_admin;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -34,6 +35,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops_admin::metrics))
+        .route("/v1/admin/queues", get(ops_admin::queues))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -45,5 +48,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops_admin::count_refusals,
+        ))
         .with_state(state)
 }

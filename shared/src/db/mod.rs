@@ -12,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 
 pub mod audit;
+pub mod backlog;
 pub mod dead_letters;
 pub mod jobs;
 pub mod keys;
 pub mod tenants;
+pub mod workers;
 
 /// The schema's migrations, embedded at build time (no database needed to build).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -2,4 +2,6 @@
 //! fleet with its own database, queue prefix and data directory, so they run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deploy;
+mod ops;
 mod skeleton;
