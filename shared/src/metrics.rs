@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::db::backlog;
@@ -410,7 +410,10 @@ mod tests {
             WORKER_IN_FLIGHT,
             BROKER_UP,
         ] {
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name} in {text}");
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} in {text}"
+            );
         }
         assert!(text.contains("tenantry_job_stage_duration_seconds_count{stage=\"upsert\"} 1"));
         assert!(text.contains("tenantry_jobs_failed_total{reason=\"no_content\"} 1"));

@@ -59,7 +59,9 @@ impl Client {
     fn credential(&self, who: As) -> anyhow::Result<Option<&str>> {
         match who {
             As::Admin => self.admin_token.as_deref().map(Some).ok_or_else(|| {
-                anyhow!("this command needs the admin token: set TENANTRY_ADMIN_TOKEN or pass --token")
+                anyhow!(
+                    "this command needs the admin token: set TENANTRY_ADMIN_TOKEN or pass --token"
+                )
             }),
             As::Tenant => self.api_key.as_deref().map(Some).ok_or_else(|| {
                 anyhow!("this command needs a tenant API key: set TENANTRY_API_KEY or pass --key")

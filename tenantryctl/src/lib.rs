@@ -259,7 +259,15 @@ async fn keys(
             if json {
                 return print_json(out, &answer);
             }
-            let mut t = Table::new(&["ID", "PREFIX", "NAME", "CREATED", "EXPIRES", "REVOKED", "LAST USED"]);
+            let mut t = Table::new(&[
+                "ID",
+                "PREFIX",
+                "NAME",
+                "CREATED",
+                "EXPIRES",
+                "REVOKED",
+                "LAST USED",
+            ]);
             for key in answer["keys"].as_array().into_iter().flatten() {
                 t.row(vec![
                     field(key, "id"),
@@ -287,7 +295,11 @@ async fn keys(
             if json {
                 return print_json(out, &answer);
             }
-            writeln!(out, "Revoked key {} of tenant {tenant}.", field(&answer, "prefix"))?;
+            writeln!(
+                out,
+                "Revoked key {} of tenant {tenant}.",
+                field(&answer, "prefix")
+            )?;
         }
     }
     Ok(())
@@ -344,7 +356,15 @@ pub fn render_status(v: &Value) -> String {
         field(v, "heartbeat_secs"),
     ));
     let mut workers = Table::new(&[
-        "ID", "HOST", "PID", "MODE", "TASKS", "IN FLIGHT", "DONE", "LAST BEAT", "METRICS",
+        "ID",
+        "HOST",
+        "PID",
+        "MODE",
+        "TASKS",
+        "IN FLIGHT",
+        "DONE",
+        "LAST BEAT",
+        "METRICS",
     ]);
     for w in v["workers"].as_array().into_iter().flatten() {
         workers.row(vec![
@@ -369,7 +389,13 @@ pub fn render_status(v: &Value) -> String {
         "\nTenants with work: {}\n",
         field(v, "tenants_total")
     ));
-    let mut tenants = Table::new(&["TENANT", "BACKLOG", "IN FLIGHT", "PROCESSING", "OLDEST PENDING"]);
+    let mut tenants = Table::new(&[
+        "TENANT",
+        "BACKLOG",
+        "IN FLIGHT",
+        "PROCESSING",
+        "OLDEST PENDING",
+    ]);
     for t in v["tenants"].as_array().into_iter().flatten() {
         tenants.row(vec![
             field(t, "tenant_id"),
@@ -403,7 +429,9 @@ async fn jobs(
             if json {
                 return print_json(out, &answer);
             }
-            let mut t = Table::new(&["JOB", "STATUS", "DATABASE", "ATTEMPTS", "CHUNKS", "CREATED", "ERROR"]);
+            let mut t = Table::new(&[
+                "JOB", "STATUS", "DATABASE", "ATTEMPTS", "CHUNKS", "CREATED", "ERROR",
+            ]);
             let list = answer
                 .get("jobs")
                 .and_then(Value::as_array)

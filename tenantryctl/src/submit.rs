@@ -319,7 +319,11 @@ pub async fn run(
             writeln!(
                 out,
                 "Ended: {} ({} chunks) after {:.1}s.",
-                if parts.is_empty() { "none".to_owned() } else { parts.join(", ") },
+                if parts.is_empty() {
+                    "none".to_owned()
+                } else {
+                    parts.join(", ")
+                },
                 chunks,
                 elapsed
             )?;

@@ -71,16 +71,12 @@ pub async fn queues(
         return Err(ApiError::invalid("limit", "must be between 1 and 10000"));
     }
     let heartbeat = state.settings.worker.heartbeat;
-    let (queues, snapshot) = tokio::join!(
-        read_queues(&state),
-        fleet::snapshot(&state.pool, heartbeat)
-    );
+    let (queues, snapshot) =
+        tokio::join!(read_queues(&state), fleet::snapshot(&state.pool, heartbeat));
     let snapshot = snapshot?;
-    let queued_dead = queues.as_ref().and_then(|qs| {
-        qs.iter()
-            .find(|q| q.role == "dead")
-            .map(|q| q.messages)
-    });
+    let queued_dead = queues
+        .as_ref()
+        .and_then(|qs| qs.iter().find(|q| q.role == "dead").map(|q| q.messages));
     let jobs = queues
         .as_ref()
         .and_then(|qs| qs.iter().find(|q| q.role == "jobs").cloned());
@@ -109,7 +105,11 @@ pub async fn queues(
 
 /// Counts every 429 answer (a rate limit, or a quota that frees up by itself) by its
 /// code. Quota refusals by resource are counted where they are decided.
-pub async fn count_refusals(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn count_refusals(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
         let code = response

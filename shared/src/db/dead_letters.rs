@@ -65,9 +65,7 @@ pub async fn list(
 
 /// Dead letters recorded, and of those not replayed yet (for the operators' view).
 pub async fn counts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters",
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters")
+        .fetch_one(pool)
+        .await
 }

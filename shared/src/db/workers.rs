@@ -71,10 +71,11 @@ pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
 
 /// Removes long-dead rows (a crashed worker never deletes its own).
 pub async fn forget_stale(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - make_interval(hours => $1)")
-        .bind(FORGET_AFTER_HOURS)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - make_interval(hours => $1)")
+            .bind(FORGET_AFTER_HOURS)
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected())
 }
 

@@ -65,8 +65,15 @@ fn deployment_files_parse_and_set_only_variables_the_binaries_read() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     assert!(yaml.len() >= 7, "{yaml:?}");
-    for name in ["Dockerfile", "tenantry-dispatcher.service", "tenantry-worker@.service"] {
-        assert!(all.iter().any(|p| p.ends_with(name)), "deploy/ lacks {name}");
+    for name in [
+        "Dockerfile",
+        "tenantry-dispatcher.service",
+        "tenantry-worker@.service",
+    ] {
+        assert!(
+            all.iter().any(|p| p.ends_with(name)),
+            "deploy/ lacks {name}"
+        );
     }
 
     let mut seen = BTreeSet::new();
@@ -104,8 +111,16 @@ fn deployment_files_parse_and_set_only_variables_the_binaries_read() {
         if path.parent().is_some_and(|p| p.ends_with("k8s")) {
             for doc in docs {
                 let kind = str_of(&doc, &["kind"]).to_owned();
-                assert!(!str_of(&doc, &["apiVersion"]).is_empty(), "{}", path.display());
-                assert!(!str_of(&doc, &["metadata", "name"]).is_empty(), "{}", path.display());
+                assert!(
+                    !str_of(&doc, &["apiVersion"]).is_empty(),
+                    "{}",
+                    path.display()
+                );
+                assert!(
+                    !str_of(&doc, &["metadata", "name"]).is_empty(),
+                    "{}",
+                    path.display()
+                );
                 kinds.push(kind);
                 k8s_docs.push(doc);
             }
@@ -119,7 +134,10 @@ fn deployment_files_parse_and_set_only_variables_the_binaries_read() {
         "ConfigMap",
         "Secret",
     ] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} in deploy/k8s: {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} in deploy/k8s: {kinds:?}"
+        );
     }
     assert_eq!(kinds.iter().filter(|k| *k == "Deployment").count(), 2);
 
@@ -199,5 +217,8 @@ fn deployment_files_parse_and_set_only_variables_the_binaries_read() {
 fn env_names_are_found_in_any_syntax() {
     let text = "A: ${TENANTRY_ADMIN_TOKEN:?x}\nEnvironment=TENANTRY_DATA_DIR=/x\n- name: QDRANT_URL\nMY_TENANTRY_X";
     let found: Vec<String> = env_names(text).into_iter().collect();
-    assert_eq!(found, ["QDRANT_URL", "TENANTRY_ADMIN_TOKEN", "TENANTRY_DATA_DIR"]);
+    assert_eq!(
+        found,
+        ["QDRANT_URL", "TENANTRY_ADMIN_TOKEN", "TENANTRY_DATA_DIR"]
+    );
 }

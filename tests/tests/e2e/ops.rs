@@ -57,7 +57,9 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series, BTreeMap::new()),
@@ -144,7 +146,10 @@ async fn scrape(env: &TestEnv, url: &str) -> (String, Vec<Sample>) {
     let r = env.http.get(url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     let text = r.text().await.unwrap();
     let samples = parse_exposition(&text);
     (text, samples)
@@ -200,9 +205,14 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
     .await;
 
     // /metrics: the broker's own count, the backlog per tenant (top 1 + _other).
+    // rabbitmqctl reads quorum-queue counters the broker refreshes every few seconds:
+    // wait for them to show the (now stable) state, then compare.
+    let (ready, consumers) = eventually("rabbitmqctl to count the jobs", || async {
+        let counts = rabbitmqctl_counts(&jobs_queue).await;
+        (counts.0 == 4).then_some(counts)
+    })
+    .await;
     let (text, samples) = scrape(&env, &env.url("/metrics")).await;
-    let (ready, consumers) = rabbitmqctl_counts(&jobs_queue).await;
-    assert_eq!(ready, 4);
     let labels = [("queue", jobs_queue.as_str()), ("role", "jobs")];
     assert_eq!(
         find(&samples, "tenantry_queue_messages", &labels),
@@ -214,7 +224,14 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
         Some(consumers as f64)
     );
     let dead = env.topology().dead_queue();
-    assert!(find(&samples, "tenantry_queue_messages", &[("queue", dead.as_str()), ("role", "dead")]).is_some());
+    assert!(
+        find(
+            &samples,
+            "tenantry_queue_messages",
+            &[("queue", dead.as_str()), ("role", "dead")]
+        )
+        .is_some()
+    );
     assert_eq!(
         samples
             .iter()
@@ -229,10 +246,20 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
     assert_eq!(tenant("tenantry_tenant_backlog_jobs", "acme"), Some(5.0));
     assert_eq!(tenant("tenantry_tenant_in_flight_jobs", "acme"), Some(2.0));
     assert_eq!(tenant("tenantry_tenant_backlog_jobs", "_other"), Some(1.0));
-    assert_eq!(tenant("tenantry_tenant_in_flight_jobs", "_other"), Some(2.0));
-    assert_eq!(tenant("tenantry_tenant_backlog_jobs", "bravo"), None, "bounded cardinality");
+    assert_eq!(
+        tenant("tenantry_tenant_in_flight_jobs", "_other"),
+        Some(2.0)
+    );
+    assert_eq!(
+        tenant("tenantry_tenant_backlog_jobs", "bravo"),
+        None,
+        "bounded cardinality"
+    );
     assert!(tenant("tenantry_tenant_oldest_pending_seconds", "acme").is_some_and(|a| a >= 0.0));
-    assert_eq!(find(&samples, "tenantry_jobs_submitted_total", &[]), Some(10.0));
+    assert_eq!(
+        find(&samples, "tenantry_jobs_submitted_total", &[]),
+        Some(10.0)
+    );
     assert_eq!(find(&samples, "tenantry_workers_live", &[]), Some(0.0));
 
     // The same view as JSON, every tenant listed.
@@ -256,7 +283,12 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
     // The admin view needs the admin token; bad input is named.
     let r = env.get(&key_a, "/v1/admin/queues").await;
     assert_eq!(r.status(), 401);
-    tenantry_tests::assert_error(env.admin_get("/v1/admin/queues?limit=0").await, 422, "invalid_value").await;
+    tenantry_tests::assert_error(
+        env.admin_get("/v1/admin/queues?limit=0").await,
+        422,
+        "invalid_value",
+    )
+    .await;
 
     // tenantryctl status shows the same, as JSON and as a table.
     let status = ctl_json(&env, &["status"]).await;
@@ -264,18 +296,27 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
     let table = ctl(&env, &["status"]).await.unwrap();
     assert!(table.contains(&jobs_queue), "{table}");
     assert!(table.contains("acme") && table.contains("bravo"), "{table}");
-    assert!(table.contains("Backlog: 6 jobs waiting in Postgres, 4 in flight"), "{table}");
+    assert!(
+        table.contains("Backlog: 6 jobs waiting in Postgres, 4 in flight"),
+        "{table}"
+    );
 
     // A quota refusal is counted by resource.
     sqlx::query("UPDATE tenants SET quota_overrides = '{\"DOCUMENTS\": 3}' WHERE id = 'bravo'")
         .execute(env.pool())
         .await
         .unwrap();
-    let r = env.post(&key_b, "/v1/jobs", json!({ "text": "One too many." })).await;
+    let r = env
+        .post(&key_b, "/v1/jobs", json!({ "text": "One too many." }))
+        .await;
     tenantry_tests::assert_error(r, 403, "quota_exceeded").await;
     let (_, samples) = scrape(&env, &env.url("/metrics")).await;
     assert_eq!(
-        find(&samples, "tenantry_quota_rejections_total", &[("resource", "DOCUMENTS")]),
+        find(
+            &samples,
+            "tenantry_quota_rejections_total",
+            &[("resource", "DOCUMENTS")]
+        ),
         Some(1.0)
     );
     env.stop().await;
@@ -300,7 +341,11 @@ impl WorkerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(started.elapsed() < deadline, "worker {} did not exit", self.pid());
+            assert!(
+                started.elapsed() < deadline,
+                "worker {} did not exit",
+                self.pid()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let mut lines = Vec::new();
@@ -383,8 +428,10 @@ async fn three_worker_processes_show_in_status_and_a_killed_one_leaves_within_th
         (s["workers_live"] == 3 && s["jobs_queue"]["consumers"] == 3).then_some(s)
     })
     .await;
-    let (_, consumers) = rabbitmqctl_counts(&jobs_queue).await;
-    assert_eq!(consumers, 3);
+    eventually("rabbitmqctl to count three consumers", || async {
+        (rabbitmqctl_counts(&jobs_queue).await.1 == 3).then_some(())
+    })
+    .await;
     let pids: Vec<u32> = workers.iter().map(WorkerProcess::pid).collect();
     for w in view["workers"].as_array().unwrap() {
         assert_eq!(w["mode"], "worker");
@@ -398,7 +445,10 @@ async fn three_worker_processes_show_in_status_and_a_killed_one_leaves_within_th
 
     // They work: a job submitted now ends FINISHED in one of them.
     let accepted = env
-        .submit(&key, json!({ "text": "A document for the worker processes." }))
+        .submit(
+            &key,
+            json!({ "text": "A document for the worker processes." }),
+        )
         .await;
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
     let done = env.wait_for_job(&key, &job_id).await;
@@ -407,7 +457,9 @@ async fn three_worker_processes_show_in_status_and_a_killed_one_leaves_within_th
     // Each serves /metrics with the broker's queue view and its own counters.
     let mut finished = 0.0;
     for w in view["workers"].as_array().unwrap() {
-        let addr = w["metrics_addr"].as_str().expect("metrics address announced");
+        let addr = w["metrics_addr"]
+            .as_str()
+            .expect("metrics address announced");
         let (text, samples) = scrape(&env, &format!("http://{addr}/metrics")).await;
         assert!(
             find(&samples, "tenantry_queue_consumers", &[("role", "jobs")]).is_some(),
@@ -492,12 +544,24 @@ async fn tenantryctl_manages_tenants_and_keys_and_backfills_a_directory() {
     // Tenants.
     let created = ctl_json(
         &env,
-        &["tenants", "create", "--id", "initech", "--name", "Initech", "--email", "ops@initech.test"],
+        &[
+            "tenants",
+            "create",
+            "--id",
+            "initech",
+            "--name",
+            "Initech",
+            "--email",
+            "ops@initech.test",
+        ],
     )
     .await;
     assert_eq!(created["id"], "initech");
     let listed = ctl(&env, &["tenants", "list"]).await.unwrap();
-    assert!(listed.contains("initech") && listed.contains("Initech"), "{listed}");
+    assert!(
+        listed.contains("initech") && listed.contains("Initech"),
+        "{listed}"
+    );
     let shown = ctl(&env, &["tenants", "show", "initech"]).await.unwrap();
     assert!(shown.contains("ops@initech.test"), "{shown}");
     let missing = ctl(&env, &["tenants", "show", "nobody"]).await.unwrap_err();
@@ -509,13 +573,17 @@ async fn tenantryctl_manages_tenants_and_keys_and_backfills_a_directory() {
     let spare = ctl_json(&env, &["keys", "issue", "initech"]).await;
     let keys = ctl(&env, &["keys", "list", "initech"]).await.unwrap();
     assert!(keys.contains("backfill") && !keys.contains(&key), "{keys}");
-    let revoked = ctl(&env, &["keys", "revoke", "initech", spare["id"].as_str().unwrap()])
-        .await
-        .unwrap();
+    let revoked = ctl(
+        &env,
+        &["keys", "revoke", "initech", spare["id"].as_str().unwrap()],
+    )
+    .await
+    .unwrap();
     assert!(revoked.starts_with("Revoked key"), "{revoked}");
 
     // Without the admin token, admin commands say what is missing.
-    let cli = tenantryctl::Cli::try_parse_from(["tenantryctl", "--url", &env.base_url, "status"]).unwrap();
+    let cli = tenantryctl::Cli::try_parse_from(["tenantryctl", "--url", &env.base_url, "status"])
+        .unwrap();
     let mut sink = Vec::new();
     if std::env::var(config::ENV_ADMIN_TOKEN).is_err() {
         let err = tenantryctl::run(cli, &mut sink).await.unwrap_err();
@@ -525,9 +593,17 @@ async fn tenantryctl_manages_tenants_and_keys_and_backfills_a_directory() {
     // Submit a directory, wait for every job, read the summary.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("nested")).unwrap();
-    std::fs::write(dir.path().join("a.txt"), "Staplers are red in the basement.").unwrap();
+    std::fs::write(
+        dir.path().join("a.txt"),
+        "Staplers are red in the basement.",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("b.md"), "TPS reports need a cover sheet.").unwrap();
-    std::fs::write(dir.path().join("nested/c.txt"), "The printer jams on Tuesdays.").unwrap();
+    std::fs::write(
+        dir.path().join("nested/c.txt"),
+        "The printer jams on Tuesdays.",
+    )
+    .unwrap();
     std::fs::write(dir.path().join(".hidden"), "Not submitted.").unwrap();
     let path = dir.path().display().to_string();
     let summary = ctl_json(&env, &["--key", &key, "submit", &path, "--wait"]).await;
@@ -539,22 +615,36 @@ async fn tenantryctl_manages_tenants_and_keys_and_backfills_a_directory() {
     // Run again: the same files are the same jobs (a backfill can be resumed).
     let again = ctl_json(&env, &["--key", &key, "submit", &path, "--ext", "txt"]).await;
     assert_eq!(again["files"], 2);
-    let first: Vec<&Value> = summary["jobs"].as_array().unwrap().iter().map(|j| &j["job_id"]).collect();
+    let first: Vec<&Value> = summary["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["job_id"])
+        .collect();
     for job in again["jobs"].as_array().unwrap() {
         assert!(first.contains(&&job["job_id"]), "{job} resubmitted");
     }
     // The human summary.
-    let text = ctl(&env, &["--key", &key, "submit", &path, "--wait"]).await.unwrap();
+    let text = ctl(&env, &["--key", &key, "submit", &path, "--wait"])
+        .await
+        .unwrap();
     assert!(text.contains("Submitted 3 of 3 files"), "{text}");
     assert!(text.contains("3 FINISHED"), "{text}");
 
     // Jobs of the tenant: list, show, cancel (refused: it has ended).
-    let jobs = ctl(&env, &["--key", &key, "jobs", "list", "--status", "FINISHED"]).await.unwrap();
+    let jobs = ctl(
+        &env,
+        &["--key", &key, "jobs", "list", "--status", "FINISHED"],
+    )
+    .await
+    .unwrap();
     let some_job = summary["jobs"][0]["job_id"].as_str().unwrap();
     assert!(jobs.contains(some_job), "{jobs}");
     let shown = ctl_json(&env, &["--key", &key, "jobs", "show", some_job]).await;
     assert_eq!(shown["status"], "FINISHED");
-    let refused = ctl(&env, &["--key", &key, "jobs", "cancel", some_job]).await.unwrap_err();
+    let refused = ctl(&env, &["--key", &key, "jobs", "cancel", some_job])
+        .await
+        .unwrap_err();
     assert!(refused.to_string().starts_with("409"), "{refused}");
 
     // The in-process workers announce themselves too: one process, two tasks.
