@@ -25,6 +25,10 @@ pub struct ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The code of an error answer, attached to the response's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -149,6 +153,8 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        // For middleware that counts refusals (metrics) without reading the body.
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

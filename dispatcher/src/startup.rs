@@ -8,8 +8,11 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use tenantry::broker::Topology;
 use tenantry::config::Settings;
+use tenantry::fleet::BrokerProbe;
 use tenantry::job::Signer;
+use tenantry::metrics::Metrics;
 use tenantry::{db, embed, vector};
+use tenantry_worker::heartbeat::Mode;
 use tenantry_worker::{Resources, run_workers};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -56,6 +59,8 @@ impl Application {
             pump_wake: Arc::new(Notify::new()),
             move_wake: Arc::new(Notify::new()),
             broker_up: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::shared(),
+            probe: BrokerProbe::new(&settings.amqp_url, "tenantry-dispatcher-probe"),
             settings,
         });
         Ok(Self {
@@ -108,6 +113,9 @@ impl Application {
                 store: state.store.clone(),
                 embedder: state.embedder.clone(),
                 on_job_end: Some(state.pump_wake.clone()),
+                metrics: state.metrics.clone(),
+                mode: Mode::InDispatcher,
+                metrics_addr: None,
             };
             tokio::spawn(run_workers(resources, self.workers, stop.child_token()))
         });
@@ -126,6 +134,7 @@ impl Application {
         }
         let _ = pump_task.await;
         let _ = mover_task.await;
+        state.probe.close().await;
         tracing::info!("The dispatcher stopped.");
         Ok(())
     }

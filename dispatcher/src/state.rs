@@ -8,6 +8,8 @@ use sqlx::PgPool;
 use tenantry::broker::Topology;
 use tenantry::config::Settings;
 use tenantry::embed::Embedder;
+use tenantry::fleet::BrokerProbe;
+use tenantry::metrics::Metrics;
 use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 
@@ -32,6 +34,10 @@ pub struct Inner {
     pub move_wake: Arc<Notify>,
     /// Whether the pump's broker connection is up (for /readyz).
     pub broker_up: Arc<AtomicBool>,
+    /// This process's metrics, shared with its in-process workers.
+    pub metrics: Arc<Metrics>,
+    /// Reads queue depth and consumers for `/metrics` and `/v1/admin/queues`.
+    pub probe: BrokerProbe,
 }
 
 impl AppState {

@@ -43,6 +43,15 @@ pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
 /// Retries of one embedding request inside a job attempt, before the job itself is
 /// retried through the broker (0: every failure goes straight to the job's retry).
 pub const ENV_EMBEDDER_MAX_RETRIES: &str = "TENANTRY_EMBEDDER_MAX_RETRIES";
+/// Where a `worker` process serves `/metrics` (unset: no listener; port 0: any free port).
+pub const ENV_METRICS_ADDR: &str = "TENANTRY_METRICS_ADDR";
+/// Tenants given their own label in per-tenant metrics; the rest are summed as "other".
+pub const ENV_METRICS_TOP_TENANTS: &str = "TENANTRY_METRICS_TOP_TENANTS";
+// Read by `tenantryctl` only.
+/// Base URL of the dispatcher tenantryctl talks to.
+pub const ENV_URL: &str = "TENANTRY_URL";
+/// A tenant's API key, for tenantryctl's tenant commands (`jobs`, `submit`).
+pub const ENV_API_KEY: &str = "TENANTRY_API_KEY";
 
 /// Every variable the binaries read, for deployment-file checks.
 pub const ALL_ENV_VARS: &[&str] = &[
@@ -75,6 +84,10 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_HEARTBEAT_SECS,
     ENV_LOG_FORMAT,
     ENV_EMBEDDER_MAX_RETRIES,
+    ENV_METRICS_ADDR,
+    ENV_METRICS_TOP_TENANTS,
+    ENV_URL,
+    ENV_API_KEY,
     "RUST_LOG",
 ];
 
@@ -159,7 +172,8 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// How long SIGTERM waits for in-flight jobs before exiting.
     pub shutdown_grace: Duration,
-    /// How often a worker announces itself; it counts as dead after 3 missed beats.
+    /// How long a worker that stopped announcing itself still counts as alive: a worker
+    /// beats three times per interval, so a dead one leaves the view within one interval.
     pub heartbeat: Duration,
 }
 
@@ -193,6 +207,10 @@ pub struct Settings {
     pub fleet_window: u32,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
+    /// Where a `worker` process serves `/metrics`; None: not at all.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Tenants labelled by name in per-tenant metrics (the rest are "other").
+    pub metrics_top_tenants: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -364,6 +382,13 @@ impl Settings {
                 heartbeat: Duration::from_secs(parse_num(&get, ENV_HEARTBEAT_SECS, 5u64, 1, 3600)?),
             },
             log_format,
+            metrics_addr: get(ENV_METRICS_ADDR)
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|e| bad(ENV_METRICS_ADDR, format!("not a socket address: {e}")))
+                })
+                .transpose()?,
+            metrics_top_tenants: parse_num(&get, ENV_METRICS_TOP_TENANTS, 20usize, 0, 1000)?,
         })
     }
 

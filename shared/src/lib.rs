@@ -13,6 +13,8 @@
 //! - [`chunk`], [`embed`], [`ingest`]: text → chunks → vectors → points.
 //! - [`vector`]: the `VectorStore` trait and its back-ends.
 //! - [`telemetry`]: logging setup.
+//! - [`metrics`]: metric names, the process registry, the text exposition.
+//! - [`fleet`]: queues, per-tenant backlog, live workers: what operators watch.
 
 pub mod api_key;
 pub mod broker;
@@ -20,8 +22,10 @@ pub mod chunk;
 pub mod config;
 pub mod db;
 pub mod embed;
+pub mod fleet;
 pub mod ingest;
 pub mod job;
+pub mod metrics;
 pub mod quota;
 pub mod telemetry;
 pub mod tenancy;

@@ -83,6 +83,7 @@ async fn handle(
     publisher: &ConfirmedPublisher,
     delivery: Delivery,
 ) -> Result<(), BrokerError> {
+    let _in_hand = ctx.metrics.in_flight_guard();
     let signature = header_str(&delivery.properties, SIGNATURE_HEADER).map(str::to_owned);
     let disposition = process(ctx, &delivery.data, signature.as_deref()).await;
     let copy = |reason: Option<String>, dead_id: Option<String>| Outgoing {

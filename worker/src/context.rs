@@ -1,12 +1,14 @@
 //! Everything a worker needs, shared by all worker tasks of a process.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::PgPool;
 use tenantry::broker::Topology;
 use tenantry::config::Settings;
 use tenantry::embed::Embedder;
 use tenantry::job::Signer;
+use tenantry::metrics::Metrics;
 use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 
@@ -24,8 +26,14 @@ pub struct WorkerContext {
     pub signer: Signer,
     pub topology: Topology,
     pub tenants: TenantCache,
-    /// `host-pid`, recorded on the jobs this process works on.
+    /// `host-pid-nonce`, recorded on the jobs this process works on and as its
+    /// heartbeat row (the nonce keeps a restarted container with the same host and
+    /// pid 1 apart from its predecessor).
     pub worker_id: String,
+    pub host: String,
+    /// Jobs this process ended (finished or failed), for its heartbeat row.
+    pub jobs_done: AtomicU64,
+    pub metrics: Arc<Metrics>,
     /// Largest message body accepted; anything larger is dead-lettered unread.
     pub max_message_bytes: usize,
     /// Told when a job ends, so an in-process pump can refill that tenant's window.
@@ -48,7 +56,14 @@ impl WorkerContext {
             signer: Signer::new(settings.signing_secret.expose().as_bytes()),
             topology: Topology::new(&settings.queue_prefix),
             tenants: TenantCache::new(settings.auth_cache_ttl),
-            worker_id: format!("{host}-{}", std::process::id()),
+            worker_id: format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..4]
+            ),
+            host,
+            jobs_done: AtomicU64::new(0),
+            metrics: Metrics::shared(),
             max_message_bytes: settings.max_body_bytes + ENVELOPE_HEADROOM,
             settings,
             pool,
@@ -56,6 +71,11 @@ impl WorkerContext {
             embedder,
             on_job_end,
         }
+    }
+
+    /// Counts a job that reached FINISHED or FAILED here.
+    pub fn count_done(&self) {
+        self.jobs_done.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn job_ended(&self) {

@@ -136,6 +136,7 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
         TenantStatus::Active => {}
         TenantStatus::Suspended => {
             tracing::debug!("Tenant suspended; the job waits.");
+            ctx.metrics.job_deferred();
             return Disposition::Later {
                 tier: TIER_WAIT,
                 why: "tenant suspended".into(),
@@ -153,6 +154,8 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
             .await
             {
                 Ok(_) => {
+                    ctx.metrics.job_failed("tenant_inactive", None);
+                    ctx.count_done();
                     ctx.job_ended();
                     Disposition::Dead { reason }
                 }
@@ -170,6 +173,7 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
         StartOutcome::Started { attempt, .. } => attempt,
         StartOutcome::NoSlot => {
             tracing::debug!("No PROCESSING_JOBS slot free; deferring.");
+            ctx.metrics.job_deferred();
             return Disposition::Later {
                 tier: TIER_SLOT,
                 why: "PROCESSING_JOBS limit reached".into(),
@@ -201,6 +205,7 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
         Ok(outcome) => record_finished(ctx, &tenant, &message, outcome, started_at).await,
         Err(e) if e.retryable && (attempt as u32) < ctx.settings.worker.max_attempts => {
             tracing::warn!(attempt, code = e.code, error = %e.message, "Attempt failed; retrying later.");
+            ctx.metrics.job_retried(e.code);
             if let Err(db) =
                 job_db::retry_later(&ctx.pool, &tenant.id, message.job_id, e.code, &e.message).await
             {
@@ -224,6 +229,7 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
                 e.message
             };
             let disposition = fail_permanently(ctx, &tenant, &message, code, &reason).await;
+            ctx.metrics.job_failed(code, Some(started_at.elapsed()));
             let ended = matches!(disposition, Disposition::Dead { .. })
                 .then_some((AttemptOutcome::Failed, Some((code, reason))));
             (disposition, ended)
@@ -362,11 +368,16 @@ async fn record_finished(
                 ms = started_at.elapsed().as_millis() as u64,
                 "Job finished."
             );
+            ctx.metrics
+                .job_finished(started_at.elapsed(), &outcome.timings);
+            ctx.count_done();
             ctx.job_ended();
             (Disposition::Ack, Some((AttemptOutcome::Finished, None)))
         }
         Ok(Err(quota)) => {
             remove_points(ctx, tenant, message).await;
+            ctx.metrics
+                .job_failed("quota_exceeded", Some(started_at.elapsed()));
             let reason = quota.to_string();
             let disposition =
                 fail_permanently(ctx, tenant, message, "quota_exceeded", &reason).await;
@@ -397,6 +408,7 @@ async fn fail_permanently(
     remove_points(ctx, tenant, message).await;
     match job_db::fail(&ctx.pool, &tenant.id, message.job_id, code, reason).await {
         Ok(_) => {
+            ctx.count_done();
             ctx.job_ended();
             Disposition::Dead {
                 reason: format!("{code}: {reason}"),

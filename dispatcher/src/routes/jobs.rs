@@ -230,8 +230,16 @@ async fn submit_one(
         dimension: dimension as i32,
     };
     match job_db::submit(&state.pool, &new).await {
-        Ok(submitted) => Ok(submitted),
-        Err(SubmitError::Quota(q)) => Err(ApiError::quota(&q, None)),
+        Ok(submitted) => {
+            if matches!(submitted, Submitted::Created(_)) {
+                state.metrics.job_submitted();
+            }
+            Ok(submitted)
+        }
+        Err(SubmitError::Quota(q)) => {
+            state.metrics.quota_rejected(q.resource.as_str());
+            Err(ApiError::quota(&q, None))
+        }
         Err(e @ SubmitError::ModelMismatch { .. }) => {
             Err(ApiError::conflict("model_mismatch", e.to_string()))
         }

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod search;
 pub mod tenant;
 pub mod quotas;
+pub mod ops_admin;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -67,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops_admin::metrics))
+        .route("/v1/admin/queues", get(ops_admin::queues))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -78,5 +81,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops_admin::count_refusals,
+        ))
         .with_state(state)
 }

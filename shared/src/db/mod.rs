@@ -13,6 +13,7 @@ use crate::config::Settings;
 
 pub mod attempts;
 pub mod audit;
+pub mod backlog;
 pub mod dead_letters;
 pub mod documents;
 pub mod isolation;
@@ -20,6 +21,7 @@ pub mod jobs;
 pub mod keys;
 pub mod quotas;
 pub mod tenants;
+pub mod workers;
 
 /// The schema's migrations, embedded at build time (no database needed to build).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

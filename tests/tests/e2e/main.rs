@@ -5,6 +5,8 @@
 mod fairness;
 mod quotas;
 mod delivery;
+mod deploy;
+mod ops;
 mod skeleton;
 mod tenants;
 mod vectors;
