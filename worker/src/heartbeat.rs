@@ -75,7 +75,7 @@ pub async fn run(ctx: &WorkerContext, announce: &Announce, stop: CancellationTok
             Err(_) => {}
         }
         // Now and then, sweep rows of workers that died long ago.
-        if beats % 1000 == 0 {
+        if beats.is_multiple_of(1000) {
             let _ = workers::forget_stale(&ctx.pool).await;
         }
         beats += 1;

@@ -492,6 +492,7 @@ async fn three_worker_processes_show_in_status_and_a_killed_one_leaves_within_th
     )
     .await;
     let gone_after = killed_at.elapsed();
+    eprintln!("The killed worker left the view after {gone_after:?}.");
     // One interval, plus the time one status call takes on a busy machine.
     assert!(
         gone_after <= Duration::from_secs(HEARTBEAT_SECS) + Duration::from_millis(1500),
