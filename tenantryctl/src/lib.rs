@@ -65,6 +65,40 @@ pub enum Command {
     Jobs(JobsCmd),
     /// Submit a file or every file under a directory for a tenant (tenant key).
     Submit(submit::SubmitArgs),
+    /// Show or override a tenant's quotas (admin).
+    #[command(subcommand)]
+    Quotas(QuotasCmd),
+    /// Usage of every tenant over the last days, for billing (admin).
+    Usage {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// List dead letters, replay one (admin).
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotasCmd {
+    Show {
+        tenant: String,
+    },
+    /// Replace the tenant's overrides: `KIND=LIMIT` pairs, e.g. `DOCUMENTS=10
+    /// STORAGE_MB=50`; a kind left out takes the plan default again.
+    Set {
+        tenant: String,
+        limits: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCmd {
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Put the dead-lettered job back in its tenant's backlog.
+    Replay { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +123,20 @@ pub enum TenantsCmd {
     },
     Show {
         id: String,
+    },
+    /// Change name, email, plan, status (ACTIVE, SUSPENDED, INACTIVE) or isolation.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        isolation: Option<String>,
     },
 }
 
@@ -143,7 +191,83 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Status(args) => status(&client, &args, json, out).await,
         Command::Jobs(cmd) => jobs(&client, cmd, json, out).await,
         Command::Submit(args) => submit::run(&client, &args, json, out).await,
+        Command::Quotas(cmd) => quotas(&client, cmd, json, out).await,
+        Command::Usage { days } => {
+            let answer = client
+                .get(As::Admin, &format!("/v1/admin/usage?days={days}"))
+                .await?;
+            print_answer(out, &answer, json)
+        }
+        Command::DeadLetters(cmd) => {
+            let answer = match cmd {
+                DeadLettersCmd::List { tenant } => {
+                    let query = tenant.map_or(String::new(), |t| format!("?tenant={}", encode(&t)));
+                    client
+                        .get(As::Admin, &format!("/v1/admin/dead-letters{query}"))
+                        .await?
+                }
+                DeadLettersCmd::Replay { id } => {
+                    client
+                        .post(
+                            As::Admin,
+                            &format!("/v1/admin/dead-letters/{}/replay", encode(&id)),
+                            &json!({}),
+                        )
+                        .await?
+                }
+            };
+            print_answer(out, &answer, json)
+        }
     }
+}
+
+/// JSON with `--json`, else `key: value` lines.
+fn print_answer(out: &mut (dyn Write + Send), answer: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(out, answer)
+    } else {
+        print_fields(out, answer)
+    }
+}
+
+async fn quotas(
+    client: &Client,
+    cmd: QuotasCmd,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let answer = match cmd {
+        QuotasCmd::Show { tenant } => {
+            client
+                .get(
+                    As::Admin,
+                    &format!("/v1/admin/tenants/{}/quotas", encode(&tenant)),
+                )
+                .await?
+        }
+        QuotasCmd::Set { tenant, limits } => {
+            let mut body = serde_json::Map::new();
+            for pair in &limits {
+                let (kind, limit) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("{pair:?}: expected KIND=LIMIT"))?;
+                let limit: i64 = limit
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{pair:?}: the limit is not a whole number"))?;
+                body.insert(kind.to_owned(), json!(limit));
+            }
+            client
+                .call(
+                    As::Admin,
+                    reqwest::Method::PUT,
+                    &format!("/v1/admin/tenants/{}/quotas", encode(&tenant)),
+                    Some(&Value::Object(body)),
+                    &[],
+                )
+                .await?
+        }
+    };
+    print_answer(out, &answer, json)
 }
 
 fn print_json(out: &mut (dyn Write + Send), value: &Value) -> anyhow::Result<()> {
@@ -214,6 +338,36 @@ async fn tenants(
         TenantsCmd::Show { id } => {
             client
                 .get(As::Admin, &format!("/v1/admin/tenants/{}", encode(&id)))
+                .await?
+        }
+        TenantsCmd::Update {
+            id,
+            name,
+            email,
+            plan,
+            status,
+            isolation,
+        } => {
+            let mut body = json!({});
+            for (k, v) in [
+                ("name", name),
+                ("email", email),
+                ("plan", plan),
+                ("status", status),
+                ("isolation", isolation),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            client
+                .call(
+                    As::Admin,
+                    reqwest::Method::PATCH,
+                    &format!("/v1/admin/tenants/{}", encode(&id)),
+                    Some(&body),
+                    &[],
+                )
                 .await?
         }
     };

@@ -419,6 +419,9 @@ impl TestEnv {
             store: self.state.store.clone(),
             embedder: self.state.embedder.clone(),
             on_job_end: Some(self.state.pump_wake.clone()),
+            metrics: self.state.metrics.clone(),
+            mode: tenantry_worker::heartbeat::Mode::InDispatcher,
+            metrics_addr: None,
         };
         let stop = self.stop.child_token();
         let handle = tokio::spawn(tenantry_worker::run_workers(resources, count, stop.clone()));

@@ -279,6 +279,15 @@ pub async fn patch(
         .as_object()
         .is_some_and(|o| o.len() == 1 && o.contains_key("isolation"));
     if only_isolation {
+        if !value["isolation"]
+            .as_str()
+            .is_some_and(|m| IsolationMode::parse(m).is_some())
+        {
+            return Err(ApiError::invalid(
+                "isolation",
+                "must be one of collection, partition",
+            ));
+        }
         let patch = crate::extract::parse_json(&body)?;
         return super::isolation::patch_isolation(state, admin, id, ApiJson(patch)).await;
     }

@@ -9,15 +9,15 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod dead_letters;
 pub mod documents;
 pub mod isolation;
-pub mod dead_letters;
 pub mod jobs;
 pub mod ops;
+pub mod ops_admin;
+pub mod quotas;
 pub mod search;
 pub mod tenant;
-pub mod quotas;
-pub mod ops_admin;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {

@@ -185,6 +185,8 @@ pub async fn replay(pool: &PgPool, id: Uuid, actor: &str) -> Result<ReplayOutcom
     .await?;
     tx.commit().await?;
     Ok(ReplayOutcome::Replayed { tenant, job_id })
+}
+
 /// Dead letters recorded, and of those not replayed yet (for the operators' view).
 pub async fn counts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters")

@@ -2,11 +2,11 @@
 //! fleet with its own database, queue prefix and data directory, so they run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod fairness;
-mod quotas;
 mod delivery;
 mod deploy;
+mod fairness;
 mod ops;
+mod quotas;
 mod skeleton;
 mod tenants;
 mod vectors;

@@ -184,6 +184,8 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
         0,
         &[
             (config::ENV_TENANT_WINDOW, "2"),
+            // No extra share of the fleet window: exactly the tenant windows.
+            (config::ENV_FLEET_WINDOW, "1"),
             (config::ENV_METRICS_TOP_TENANTS, "1"),
         ],
     )

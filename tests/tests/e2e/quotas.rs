@@ -277,6 +277,9 @@ async fn cancelling_and_failing_a_job_give_its_reservation_back() {
         store: env.state.store.clone(),
         embedder: env.state.embedder.clone(),
         on_job_end: None,
+        metrics: env.state.metrics.clone(),
+        mode: tenantry_worker::heartbeat::Mode::InDispatcher,
+        metrics_addr: None,
     };
     let workers = tokio::spawn(tenantry_worker::run_workers(resources, 1, stop.clone()));
     let job_id: uuid::Uuid = second["job_id"].as_str().unwrap().parse().unwrap();
