@@ -279,9 +279,10 @@ pub async fn patch(
         .as_object()
         .is_some_and(|o| o.len() == 1 && o.contains_key("isolation"));
     if only_isolation {
-        if !value["isolation"]
+        if value["isolation"]
             .as_str()
-            .is_some_and(|m| IsolationMode::parse(m).is_some())
+            .and_then(IsolationMode::parse)
+            .is_none()
         {
             return Err(ApiError::invalid(
                 "isolation",

@@ -92,6 +92,9 @@ pub enum ReplayError {
     Sql(#[from] sqlx::Error),
 }
 
+/// A dead letter's tenant, job and replay time, as stored.
+type DeadLetterRef = (Option<String>, Option<Uuid>, Option<DateTime<Utc>>);
+
 /// Puts a dead-lettered job back into the backlog, in one transaction: the job
 /// becomes PENDING and unpublished with its attempt counter reset (so it gets the
 /// full number of attempts again), its document takes back one DOCUMENTS unit and a
@@ -101,7 +104,7 @@ pub enum ReplayError {
 /// submission: nothing is published here, so a broker outage cannot lose it.
 pub async fn replay(pool: &PgPool, id: Uuid, actor: &str) -> Result<ReplayOutcome, ReplayError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(Option<String>, Option<Uuid>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let row: Option<DeadLetterRef> = sqlx::query_as(
         "SELECT tenant_id, job_id, replayed_at FROM dead_letters WHERE id = $1 FOR UPDATE",
     )
     .bind(id)

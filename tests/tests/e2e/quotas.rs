@@ -544,7 +544,7 @@ async fn usage_views_come_from_real_records() {
     assert_eq!(stats["failed_jobs"], 0);
     assert_eq!(stats["total_chunks_created"], chunks);
     assert_eq!(stats["api_calls_made"], calls, "{stats}");
-    assert!(calls >= 3 + 5 + 1, "submits, refused queries and this call");
+    assert!(calls > 3 + 5, "submits, refused queries and this call");
     assert_eq!(stats["storage_used_bytes"], storage);
     let total_ms: i64 = durations_ms.iter().sum();
     let busy = stats["processing_time_seconds"].as_i64().unwrap();
