@@ -109,26 +109,7 @@ impl TestEnv {
 
     /// A fleet with some settings overridden (environment variable names and values).
     pub async fn start_with(workers: usize, overrides: &[(&str, &str)]) -> Self {
-        init_logs();
-        let ids = FleetIds::new();
-        let settings = ids.settings(overrides);
-        let stop = CancellationToken::new();
-        let app = Application::build(settings, workers, &stop)
-            .await
-            .expect("dispatcher builds");
-        let base_url = format!("http://{}", app.local_addr());
-        let state = app.state().clone();
-        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-        let env = Self {
-            ids,
-            base_url,
-            http: tenantry::tls::http_client().build().expect("http client"),
-            state,
-            stop,
-            handle: Some(handle),
-        };
-        env.wait_until_ready().await;
-        env
+        Self::start_with_ids(FleetIds::new(), workers, overrides).await
     }
 
     async fn wait_until_ready(&self) {

@@ -21,9 +21,18 @@ use crate::state::AppState;
 const MAX_NAME_LEN: usize = 200;
 const MAX_EMAIL_LEN: usize = 254;
 
-fn parse_tenant_id(raw: &str) -> ApiResult<TenantId> {
+pub(crate) fn parse_tenant_id(raw: &str) -> ApiResult<TenantId> {
     // A malformed id cannot name an existing tenant.
     TenantId::parse(raw).map_err(|_| ApiError::not_found("tenant"))
+}
+
+/// The tenant named by a path id, or 404.
+pub(crate) async fn find_tenant(state: &AppState, raw: &str) -> ApiResult<Tenant> {
+    let id = parse_tenant_id(raw)?;
+    let mut conn = state.pool.acquire().await?;
+    db::tenants::get(&mut conn, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 pub(crate) fn validate_name(field: &str, name: &str) -> ApiResult<()> {
@@ -152,12 +161,7 @@ pub async fn show_tenant(
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let id = parse_tenant_id(&id)?;
-    let mut conn = state.pool.acquire().await?;
-    let tenant = db::tenants::get(&mut conn, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    drop(conn);
+    let tenant = find_tenant(&state, &id).await?;
     Ok(Json(admin_view(&state, &tenant).await?).into_response())
 }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tenantry::db::{self, isolation::SwitchOutcome};
-use tenantry::tenancy::{IsolationMode, TenantId};
+use tenantry::tenancy::IsolationMode;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
@@ -23,11 +23,6 @@ pub struct PatchIsolation {
     pub isolation: IsolationMode,
 }
 
-fn parse_tenant_id(raw: &str) -> ApiResult<TenantId> {
-    // A malformed id cannot name an existing tenant.
-    TenantId::parse(raw).map_err(|_| ApiError::not_found("tenant"))
-}
-
 /// `PATCH /v1/admin/tenants/{id}` (the isolation field). Answers `202` with the tenant and
 /// the move when the mode changes (points move in the background; poll
 /// `GET …/isolation`), `200` when the tenant already has the mode, `409` while a previous
@@ -38,7 +33,7 @@ pub async fn patch_isolation(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchIsolation>,
 ) -> ApiResult<Response> {
-    let id = parse_tenant_id(&id)?;
+    let id = super::admin::parse_tenant_id(&id)?;
     let mut tx = state.pool.begin().await?;
     let before = db::tenants::get(&mut tx, &id)
         .await?
@@ -94,12 +89,7 @@ pub async fn show_isolation(
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let id = parse_tenant_id(&id)?;
-    let mut conn = state.pool.acquire().await?;
-    let tenant = db::tenants::get(&mut conn, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    drop(conn);
-    let movement = db::isolation::latest(&state.pool, &id).await?;
+    let tenant = super::admin::find_tenant(&state, &id).await?;
+    let movement = db::isolation::latest(&state.pool, &tenant.id).await?;
     Ok(Json(json!({ "isolation": tenant.isolation, "move": movement })).into_response())
 }
