@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tenantry::broker::{self, Topology};
 use tenantry::config::{self, Settings};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -36,19 +36,37 @@ pub struct Fleet {
 }
 
 /// Runs in the child: a dispatcher with `workers` in-process workers, configured from
-/// the environment, until its stdin closes.
-pub async fn serve_child(workers: usize) -> anyhow::Result<()> {
+/// the environment, until its stdin closes. With `hold`, the workers start only when a
+/// line arrives on stdin, so a backlog can be built before anything is consumed.
+pub async fn serve_child(workers: usize, hold: bool) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let stop = CancellationToken::new();
-    let app = tenantry_dispatcher::Application::build(settings, workers, &stop).await?;
+    let app =
+        tenantry_dispatcher::Application::build(settings, if hold { 0 } else { workers }, &stop)
+            .await?;
     println!("LISTENING {}", app.local_addr());
+    let held = hold.then(|| app.worker_resources());
     let watcher = stop.clone();
-    tokio::spawn(async move {
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    let held_workers = tokio::spawn(async move {
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        if let Some(resources) = held
+            && let Ok(Some(_go)) = stdin.next_line().await
+        {
+            let token = watcher.child_token();
+            let running = tokio::spawn(tenantry_worker::run_workers(resources, workers, token));
+            while let Ok(Some(_)) = stdin.next_line().await {}
+            watcher.cancel();
+            return running.await.ok();
+        }
+        while let Ok(Some(_)) = stdin.next_line().await {}
         watcher.cancel();
+        None
     });
-    app.run_until_stopped(stop).await
+    app.run_until_stopped(stop).await?;
+    if let Ok(Some(workers)) = held_workers.await {
+        workers?;
+    }
+    Ok(())
 }
 
 impl Fleet {
@@ -56,6 +74,28 @@ impl Fleet {
     pub async fn start(
         services: &Services,
         workers: usize,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(services, workers, false, extra).await
+    }
+
+    /// A fleet whose workers wait for [`Fleet::release_workers`].
+    pub async fn start_held(services: &Services, workers: usize) -> anyhow::Result<Self> {
+        Self::spawn(services, workers, true, &[]).await
+    }
+
+    /// Starts the workers of a fleet started with [`Fleet::start_held`].
+    pub async fn release_workers(&mut self) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("fleet stdin")?;
+        stdin.write_all(b"go\n").await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    async fn spawn(
+        services: &Services,
+        workers: usize,
+        hold: bool,
         extra: &[(&str, String)],
     ) -> anyhow::Result<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
@@ -66,6 +106,7 @@ impl Fleet {
         cmd.arg("fleet")
             .arg("--workers")
             .arg(workers.to_string())
+            .args(hold.then_some("--hold"))
             .env(config::ENV_DATABASE_URL, &database_url)
             .env(config::ENV_AMQP_URL, &services.amqp)
             .env(config::ENV_QUEUE_PREFIX, &prefix)

@@ -47,6 +47,9 @@ enum Command {
     Fleet {
         #[arg(long)]
         workers: usize,
+        /// Start the workers only when a line arrives on stdin.
+        #[arg(long)]
+        hold: bool,
     },
 }
 
@@ -61,8 +64,8 @@ fn fmt(v: f64) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Fleet { workers }) = cli.command {
-        return fleet::serve_child(workers).await;
+    if let Some(Command::Fleet { workers, hold }) = cli.command {
+        return fleet::serve_child(workers, hold).await;
     }
     let services = Services {
         postgres: std::env::var("BENCH_POSTGRES_URL")
@@ -188,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         "chunk" => "chunk",
         "embed" => "embed",
         "upsert" => "upsert (vectors flushed)",
-        "record" => "record (Postgres commit)",
+        "record" => "Postgres (start + finish transactions)",
         _ => "?",
     };
     for (i, (name, _)) in single.stages.iter().enumerate() {
@@ -347,11 +350,15 @@ async fn fairness(services: &Services, workers: usize, backlog: usize) -> anyhow
         fmt(2.0 * solo_p95 + in_flight_ms)
     );
 
-    // 100 equal tenants.
-    let f = Fleet::start(services, workers, &[]).await?;
+    // 100 equal tenants, every backlog built before the workers start, so what is
+    // measured is the steady state, not who arrived first.
+    let mut f = Fleet::start_held(services, workers).await?;
     let p = load::pool(&f).await?;
     let keys = f.tenants("eq", 100, "partition", "standard").await?;
-    load::ingest(&f, &p, &keys, 5000, 1024, Submit::Batch { concurrency: 4 }).await?;
+    let before = load::ended(&p).await?;
+    load::submit(&f, &keys, 0, 5000, 1024, Submit::Batch { concurrency: 4 }).await?;
+    f.release_workers().await?;
+    load::wait_ended(&p, before + 5000).await?;
     // The middle of the run, when every tenant still has a backlog.
     let counts = load::completions_by_tenant(&p, 1000, 4000).await?;
     p.close().await;

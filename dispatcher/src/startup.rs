@@ -80,6 +80,12 @@ impl Application {
         &self.state
     }
 
+    /// What in-process workers run on: this dispatcher's pool, store, embedder and
+    /// metrics (for workers started later than the dispatcher, as the benchmark does).
+    pub fn worker_resources(&self) -> Resources {
+        worker_resources(&self.state)
+    }
+
     /// Serves until `stop` is cancelled; then stops accepting, lets in-flight requests
     /// and jobs finish (workers up to the shutdown grace period), and returns.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
@@ -107,17 +113,11 @@ impl Application {
         };
         let mover_task = tokio::spawn(mover.run(stop.child_token()));
         let workers_task = (self.workers > 0).then(|| {
-            let resources = Resources {
-                settings: settings.clone(),
-                pool: state.pool.clone(),
-                store: state.store.clone(),
-                embedder: state.embedder.clone(),
-                on_job_end: Some(state.pump_wake.clone()),
-                metrics: state.metrics.clone(),
-                mode: Mode::InDispatcher,
-                metrics_addr: None,
-            };
-            tokio::spawn(run_workers(resources, self.workers, stop.child_token()))
+            tokio::spawn(run_workers(
+                worker_resources(&state),
+                self.workers,
+                stop.child_token(),
+            ))
         });
         tracing::info!(
             addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -137,5 +137,18 @@ impl Application {
         state.probe.close().await;
         tracing::info!("The dispatcher stopped.");
         Ok(())
+    }
+}
+
+fn worker_resources(state: &AppState) -> Resources {
+    Resources {
+        settings: state.settings.clone(),
+        pool: state.pool.clone(),
+        store: state.store.clone(),
+        embedder: state.embedder.clone(),
+        on_job_end: Some(state.pump_wake.clone()),
+        metrics: state.metrics.clone(),
+        mode: Mode::InDispatcher,
+        metrics_addr: None,
     }
 }

@@ -33,6 +33,8 @@ pub const ENV_MAX_BODY_BYTES: &str = "TENANTRY_MAX_BODY_BYTES";
 pub const ENV_BATCH_MAX_ITEMS: &str = "TENANTRY_BATCH_MAX_ITEMS";
 pub const ENV_WORKER_PREFETCH: &str = "TENANTRY_WORKER_PREFETCH";
 pub const ENV_WORKER_CONCURRENCY: &str = "TENANTRY_WORKER_CONCURRENCY";
+/// Jobs one worker task processes at once (at most its prefetch).
+pub const ENV_WORKER_IN_FLIGHT: &str = "TENANTRY_WORKER_IN_FLIGHT";
 pub const ENV_MAX_ATTEMPTS: &str = "TENANTRY_MAX_ATTEMPTS";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TENANTRY_SHUTDOWN_GRACE_SECS";
 pub const ENV_AUTH_CACHE_SECS: &str = "TENANTRY_AUTH_CACHE_SECS";
@@ -76,6 +78,7 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_BATCH_MAX_ITEMS,
     ENV_WORKER_PREFETCH,
     ENV_WORKER_CONCURRENCY,
+    ENV_WORKER_IN_FLIGHT,
     ENV_MAX_ATTEMPTS,
     ENV_SHUTDOWN_GRACE_SECS,
     ENV_AUTH_CACHE_SECS,
@@ -166,8 +169,10 @@ pub enum EmbedderSettings {
 pub struct WorkerSettings {
     /// Unacknowledged deliveries a worker holds at once (AMQP prefetch).
     pub prefetch: u16,
-    /// Jobs one worker processes concurrently.
+    /// Worker tasks of a process (each its own connection and consumer).
     pub concurrency: usize,
+    /// Deliveries one worker task processes at once; never more than `prefetch`.
+    pub in_flight: usize,
     /// Attempts before a retryable failure becomes FAILED and dead-lettered.
     pub max_attempts: u32,
     /// How long SIGTERM waits for in-flight jobs before exiting.
@@ -371,6 +376,7 @@ impl Settings {
             worker: WorkerSettings {
                 prefetch: parse_num(&get, ENV_WORKER_PREFETCH, 32u16, 1, 10_000)?,
                 concurrency: parse_num(&get, ENV_WORKER_CONCURRENCY, 1usize, 1, 1024)?,
+                in_flight: parse_num(&get, ENV_WORKER_IN_FLIGHT, 16usize, 1, 10_000)?,
                 max_attempts: parse_num(&get, ENV_MAX_ATTEMPTS, 5u32, 1, 100)?,
                 shutdown_grace: Duration::from_secs(parse_num(
                     &get,

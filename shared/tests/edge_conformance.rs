@@ -163,6 +163,8 @@ async fn data_survives_close_and_reopen() {
 /// Set in the child process of `an_acknowledged_upsert_survives_a_crash`.
 const CRASH_CHILD_DIR: &str = "TENANTRY_TEST_CRASH_CHILD_DIR";
 const CRASH_POINTS: u32 = 5;
+/// Concurrent upserts of the crash child, one document each.
+const CRASH_WRITERS: u32 = 8;
 
 fn crash_namespace() -> Namespace {
     Namespace::new(
@@ -174,8 +176,9 @@ fn crash_namespace() -> Namespace {
 }
 
 /// 0.7's `EdgeShard::load` does not replay the WAL, and `Drop` flushes: only a crash shows
-/// whether an acknowledged upsert was really flushed. The child upserts, then aborts (no
-/// destructors run); the parent reopens and counts.
+/// whether an acknowledged upsert was really flushed. The child upserts (concurrently, so
+/// the writes commit as a group), then aborts (no destructors run); the parent reopens and
+/// counts.
 #[tokio::test]
 async fn an_acknowledged_upsert_survives_a_crash() {
     if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
@@ -202,35 +205,43 @@ async fn an_acknowledged_upsert_survives_a_crash() {
 
     let store = EdgeStore::open(dir.path()).expect("a dead process releases the lock");
     let ns = crash_namespace();
-    assert_eq!(
-        store.count(&ns, None).await.unwrap(),
-        u64::from(CRASH_POINTS)
-    );
+    let expected = CRASH_WRITERS * CRASH_POINTS;
+    assert_eq!(store.count(&ns, None).await.unwrap(), u64::from(expected));
     let page = store.scroll(&ns, None, 100).await.unwrap();
-    assert_eq!(page.points.len(), CRASH_POINTS as usize);
+    assert_eq!(page.points.len(), expected as usize);
 }
 
 async fn crash_child(dir: &Path) {
-    let store = EdgeStore::open(dir).unwrap();
+    let store = Arc::new(EdgeStore::open(dir).unwrap());
     let ns = crash_namespace();
     store
         .ensure_namespace(&ns, &conformance::spec())
         .await
         .unwrap();
-    let document = Uuid::new_v4();
-    let points = (0..CRASH_POINTS)
-        .map(|i| {
-            conformance::chunk_point(
-                &ns.tenant,
-                &ns.database,
-                document,
-                i,
-                conformance::unit_vector(0.1 * i as f32),
-                "en",
-            )
+    // Concurrent upserts commit as a group (they share flushes): each must still be
+    // durable once it has returned.
+    let writes = (0..CRASH_WRITERS).map(|_| {
+        let (store, ns) = (Arc::clone(&store), ns.clone());
+        tokio::spawn(async move {
+            let document = Uuid::new_v4();
+            let points = (0..CRASH_POINTS)
+                .map(|i| {
+                    conformance::chunk_point(
+                        &ns.tenant,
+                        &ns.database,
+                        document,
+                        i,
+                        conformance::unit_vector(0.1 * i as f32),
+                        "en",
+                    )
+                })
+                .collect();
+            store.upsert(&ns, points).await
         })
-        .collect();
-    store.upsert(&ns, points).await.unwrap();
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap().unwrap();
+    }
     // Like a power cut right after the acknowledgement: no Drop, no flush-on-drop.
     std::process::abort();
 }

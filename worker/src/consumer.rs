@@ -1,9 +1,11 @@
 //! A worker task: one broker connection, one consumer on the jobs queue with bounded
-//! prefetch and manual acks. Reconnects with backoff when the broker goes away; on
-//! stop, cancels its consumer, finishes the job in hand, acknowledges it and closes
-//! (unacknowledged prefetched messages go back to the queue).
+//! prefetch and manual acks, up to `TENANTRY_WORKER_IN_FLIGHT` jobs processed at once.
+//! Reconnects with backoff when the broker goes away; on stop, finishes the jobs in
+//! hand, acknowledges them, cancels its consumer and closes (unacknowledged prefetched
+//! messages go back to the queue).
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
@@ -45,21 +47,39 @@ async fn serve(
             FieldTable::default(),
         )
         .await?;
+    // Deliveries in hand, processed concurrently: jobs spend most of their time waiting
+    // (Postgres commits, the vector store's flush, a remote embedder), and concurrent
+    // writes into one collection share a flush. Each is settled on its own.
+    let limit = ctx
+        .settings
+        .worker
+        .in_flight
+        .clamp(1, usize::from(ctx.settings.worker.prefetch.max(1)));
+    let mut in_hand = FuturesUnordered::new();
     loop {
         let next = tokio::select! {
             // Stop first: a prefetched delivery is ready at once, and must not win
             // against a stop request (it goes back to the queue when the channel closes).
             biased;
             _ = stop.cancelled() => break,
-            next = consumer.next() => next,
+            Some(settled) = in_hand.next() => {
+                settled?;
+                continue;
+            }
+            next = consumer.next(), if in_hand.len() < limit => next,
         };
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(e.into()),
             None => return Err(BrokerError::ConsumerClosed),
         };
-        handle(ctx, &publisher, delivery).await?;
+        in_hand.push(handle(ctx, &publisher, delivery));
     }
+    // Stopping: no new deliveries are taken; the jobs in hand finish and are settled.
+    while let Some(settled) = in_hand.next().await {
+        settled?;
+    }
+    drop(in_hand);
     stop_consuming(&channel, tag).await;
     publisher.close().await;
     Ok(())

@@ -189,17 +189,6 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
             };
         }
     };
-    if let Err(e) = attempts::start(
-        &ctx.pool,
-        &tenant.id,
-        message.job_id,
-        attempt,
-        &ctx.worker_id,
-    )
-    .await
-    {
-        tracing::warn!(attempt, error = %e, "Could not record the start of an attempt.");
-    }
     let started_at = Instant::now();
     let (disposition, ended) = match run_stages(ctx, &tenant, &message).await {
         Ok(outcome) => record_finished(ctx, &tenant, &message, outcome, started_at).await,
@@ -253,7 +242,8 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
     disposition
 }
 
-/// A disposition, and how the attempt ended if it did (None: it will be resumed).
+/// A disposition, and how the attempt ended if that is still to be recorded (None: it
+/// will be resumed, or its end was recorded with the job's).
 type Settled = (
     Disposition,
     Option<(AttemptOutcome, Option<(&'static str, String)>)>,
@@ -372,7 +362,8 @@ async fn record_finished(
                 .job_finished(started_at.elapsed(), &outcome.timings);
             ctx.count_done();
             ctx.job_ended();
-            (Disposition::Ack, Some((AttemptOutcome::Finished, None)))
+            // `finish` ended the attempt in the same transaction.
+            (Disposition::Ack, None)
         }
         Ok(Err(quota)) => {
             remove_points(ctx, tenant, message).await;

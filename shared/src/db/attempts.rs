@@ -45,23 +45,23 @@ pub struct AttemptView {
     pub error: Option<String>,
 }
 
-/// Records that `worker_id` started attempt `attempt`; any attempt of the job still
-/// RUNNING is marked INTERRUPTED first (its worker stopped without an outcome).
+/// Records that `worker_id` started attempt `attempt` (inside the transaction that marks
+/// the job PROCESSING); any attempt of the job still RUNNING is marked INTERRUPTED first
+/// (its worker stopped without an outcome).
 pub async fn start(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &TenantId,
     job_id: Uuid,
     attempt: i32,
     worker_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE job_attempts SET outcome = 'INTERRUPTED', ended_at = now()
           WHERE tenant_id = $1 AND job_id = $2 AND outcome = 'RUNNING'",
     )
     .bind(tenant.as_str())
     .bind(job_id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO job_attempts (tenant_id, job_id, attempt, worker_id) VALUES ($1, $2, $3, $4)",
@@ -70,9 +70,27 @@ pub async fn start(
     .bind(job_id)
     .bind(attempt)
     .bind(worker_id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await
+    Ok(())
+}
+
+/// Records the running attempt of a job FINISHED (inside the transaction that finishes
+/// the job).
+pub async fn end_running_finished(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    job_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE job_attempts SET outcome = 'FINISHED', ended_at = now()
+          WHERE tenant_id = $1 AND job_id = $2 AND outcome = 'RUNNING'",
+    )
+    .bind(tenant.as_str())
+    .bind(job_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Records how attempt `attempt` ended.

@@ -14,6 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::attempts;
 use crate::job::{JobOptions, JobStatus, Priority};
 use crate::quota::{self, QuotaError, QuotaExceeded};
 use crate::tenancy::{DatabaseName, TenantId};
@@ -430,8 +431,9 @@ pub struct Windows {
 
 /// Claims, inside `tx`, up to `max` backlog jobs to publish, fairly (see [`Windows`]).
 /// Each active tenant with a backlog gets `room` = its window (the larger of its
-/// guarantee and, while the fleet is below its window, its weighted share of it)
-/// minus what it has in flight; its own jobs are taken by priority, then age. When
+/// guarantee and, while the fleet is below its window, its weighted share of it, but
+/// never more than its PROCESSING_JOBS limit: more could not run at once, and workers
+/// would only defer them) minus what it has in flight; its own jobs are taken by priority, then age. When
 /// `max` cuts the round short, tenants are served round-robin (every tenant's first
 /// job, then every tenant's second, …) in random order, so none is favoured by its
 /// name. Tenants with a backlog are found with a loose index scan (one index probe
@@ -454,7 +456,7 @@ pub async fn claim_backlog(
                FROM backlog b WHERE b.tenant_id IS NOT NULL
          ),
          active AS (
-             SELECT b.tenant_id, l.weight,
+             SELECT b.tenant_id, l.weight, l.processing_jobs,
                     (SELECT count(*) FROM jobs f
                       WHERE f.tenant_id = b.tenant_id
                         AND f.status IN ('PENDING', 'PROCESSING')
@@ -473,8 +475,9 @@ pub async fn claim_backlog(
          ),
          eligible AS (
              SELECT a.tenant_id,
-                    GREATEST($1 * a.weight,
-                             CASE WHEN f.in_flight < $3 THEN ($3 * a.weight) / f.weight ELSE 0 END)
+                    LEAST(GREATEST($1 * a.weight,
+                                   CASE WHEN f.in_flight < $3 THEN ($3 * a.weight) / f.weight ELSE 0 END),
+                          a.processing_jobs)
                       - a.in_flight AS room
                FROM active a CROSS JOIN fleet f
          ),
@@ -607,6 +610,7 @@ pub async fn begin_processing(
     .bind(worker_id)
     .fetch_one(&mut *tx)
     .await?;
+    attempts::start(&mut tx, tenant, job_id, attempt, worker_id).await?;
     let reserved_bytes: i64 = row.try_get("reserved_bytes")?;
     tx.commit().await?;
     Ok(StartOutcome::Started {
@@ -683,6 +687,7 @@ pub async fn finish(
         outcome,
     )
     .await?;
+    attempts::end_running_finished(&mut tx, tenant, job_id).await?;
     tx.commit().await?;
     Ok(Ok(()))
 }

@@ -15,8 +15,12 @@
 //! - `EdgeShard::load` does not replay the WAL, so a write is durable only once
 //!   `EdgeShard::flush` has run: every write flushes before it returns.
 //! - `EdgeShard::flush` does `wal.try_lock().expect(..)` and panics if another thread is inside
-//!   `update`; so update+flush run under a per-shard writer mutex. Reads do not touch the WAL
-//!   and run concurrently with writes and flushes.
+//!   `update`; so update and flush each run under a per-shard writer mutex. Reads do not touch
+//!   the WAL and run concurrently with writes and flushes.
+//! - A flush costs milliseconds (it syncs the WAL and every segment) whatever it covers, so
+//!   writes commit as a group: each write applies its update, then waits until one flush that
+//!   started after its update has finished. Concurrent writers share that flush
+//!   ([`Collection::write`]); none returns before its own update is durable.
 //! - `Drop for EdgeShard` flushes too, so a shard is dropped only when nobody is using it.
 //! - `PointStruct::new` panics on a payload that is not a JSON object; we build the
 //!   engine's `PointStructPersisted` from the payload map directly, so that cannot happen.
@@ -28,6 +32,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -84,9 +89,14 @@ struct Collection {
     /// this `Arc` sees an absent collection instead of writing into a deleted directory.
     /// Reads and writes take the read side; only dropping takes the write side.
     shard: RwLock<Option<EdgeShard>>,
-    /// Serialises `update` + `flush`: `EdgeShard::flush` panics if another thread is inside
-    /// `update` (it `try_lock`s the WAL).
+    /// Serialises `update` and `flush`: `EdgeShard::flush` panics if another thread is
+    /// inside `update` (it `try_lock`s the WAL).
     writer: Mutex<()>,
+    /// Updates applied so far (a sequence number, taken under `writer`).
+    applied: AtomicU64,
+    /// Group commit: held by the one thread flushing; the value is the highest update
+    /// number known durable. Taken before `writer`, never while holding it.
+    durable: Mutex<u64>,
 }
 
 /// `tenantry_spec.json`: the `VectorSpec`, which stays serde-free in the trait module.
@@ -514,6 +524,8 @@ impl Collection {
             spec,
             shard: RwLock::new(Some(shard)),
             writer: Mutex::new(()),
+            applied: AtomicU64::new(0),
+            durable: Mutex::new(0),
         }
     }
 
@@ -522,16 +534,36 @@ impl Collection {
         self.shard.read().as_ref().map(f).transpose()
     }
 
-    /// Applies one update and flushes it, so it is durable when this returns (0.7's `load`
+    /// Applies one update and returns once it is flushed, so it is durable (0.7's `load`
     /// does not replay the WAL). `false` if the collection has been dropped.
+    ///
+    /// Group commit: the update is applied under `writer` and numbered; then the writer
+    /// waits for `durable`. Whoever holds `durable` flushes everything applied so far, so
+    /// the threads queued behind it usually find their update already covered and return
+    /// without a flush of their own: N concurrent writes cost about one flush, not N.
     fn write(&self, operation: UpdateOperation) -> Result<bool> {
+        let ticket = {
+            let _writer = self.writer.lock();
+            let shard = self.shard.read();
+            let Some(shard) = shard.as_ref() else {
+                return Ok(false);
+            };
+            shard.update(operation).map_err(engine("update"))?;
+            self.applied.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        let mut durable = self.durable.lock();
+        if *durable >= ticket {
+            return Ok(true);
+        }
         let _writer = self.writer.lock();
         let shard = self.shard.read();
         let Some(shard) = shard.as_ref() else {
+            // Dropped after the update: the collection is gone, and the write with it.
             return Ok(false);
         };
-        shard.update(operation).map_err(engine("update"))?;
+        let covered = self.applied.load(Ordering::SeqCst);
         shard.flush();
+        *durable = covered;
         Ok(true)
     }
 }

@@ -80,6 +80,14 @@ async fn a_small_tenant_finishes_while_a_big_backlog_waits() {
     .await;
     // The big tenant even has four times the small one's weight.
     let big = tenant_on_plan(&env, "big", "pro").await;
+    // Slots beyond the window, so the window alone bounds what it has on the broker.
+    let lifted = env
+        .admin_put(
+            "/v1/admin/tenants/big/quotas",
+            json!({ "PROCESSING_JOBS": 1000 }),
+        )
+        .await;
+    assert_eq!(lifted.status(), 200);
     let small = env.tenant("small").await;
     env.submit_many(&big, documents(2000, "normal")).await;
     // Its window is on the broker before the small tenant arrives: the worst case.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantry::config::{ENV_DATA_DIR, ENV_HTTP_ADDR, ENV_SHUTDOWN_GRACE_SECS, ENV_WORKER_PREFETCH};
+use tenantry::config::{
+    ENV_DATA_DIR, ENV_HTTP_ADDR, ENV_SHUTDOWN_GRACE_SECS, ENV_WORKER_IN_FLIGHT, ENV_WORKER_PREFETCH,
+};
 use tenantry_tests::{ADMIN_TOKEN, DEADLINE, FleetIds, TestEnv, eventually};
 
 use super::faults::{EmbedServer, Reply, sigterm, spawn_binary};
@@ -47,6 +49,8 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     );
     vars.insert(ENV_SHUTDOWN_GRACE_SECS.into(), "20".into());
     vars.insert(ENV_WORKER_PREFETCH.into(), "8".into());
+    // One job at a time: the other two are prefetched but not started at SIGTERM.
+    vars.insert(ENV_WORKER_IN_FLIGHT.into(), "1".into());
     let mut worker = spawn_binary("worker", &[], &vars);
     tokio::time::timeout(DEADLINE, server.arrived.notified())
         .await
