@@ -238,6 +238,7 @@ async fn submit_one(
         }
         Err(SubmitError::Quota(q)) => {
             state.metrics.quota_rejected(q.resource.as_str());
+            crate::webhooks::notify_quota_exceeded(state, &caller.tenant.id, &q).await;
             Err(ApiError::quota(&q, None))
         }
         Err(e @ SubmitError::ModelMismatch { .. }) => {
