@@ -140,7 +140,11 @@ impl Deliverer {
             tracing::warn!(error, "Webhook failed for good; the event is dead.");
         } else {
             self.metrics.webhook_attempt("retry");
-            tracing::info!(error, retry_in_ms = retry_in.as_millis() as u64, "Webhook attempt failed; retrying later.");
+            tracing::info!(
+                error,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "Webhook attempt failed; retrying later."
+            );
         }
         Ok(())
     }

@@ -108,7 +108,15 @@ pub async fn reserve_document(
     .fetch_optional(&mut *conn)
     .await?;
     if let Some((docs, docs_limit, storage, storage_mb)) = reserved {
-        warn_on_crossing(conn, tenant, ResourceKind::Documents, docs - 1, docs, docs_limit).await?;
+        warn_on_crossing(
+            conn,
+            tenant,
+            ResourceKind::Documents,
+            docs - 1,
+            docs,
+            docs_limit,
+        )
+        .await?;
         warn_on_storage_crossing(conn, tenant, storage - bytes, storage, storage_mb).await?;
         return Ok(());
     }

@@ -36,9 +36,9 @@ async fn wants(
         .bind(tenant.as_str())
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(config.map(TenantConfig::from_stored).is_some_and(|c| {
-        c.webhook_url.is_some() && c.wants(event.as_str())
-    }))
+    Ok(config
+        .map(TenantConfig::from_stored)
+        .is_some_and(|c| c.webhook_url.is_some() && c.wants(event.as_str())))
 }
 
 /// Records `job_completed` or `job_failed` for a job that just ended, inside the
@@ -78,7 +78,10 @@ pub async fn job_ended(
         .await?;
     }
     if let Some(("quota_exceeded", message)) = error
-        && let Some(resource) = message.split_whitespace().next().and_then(ResourceKind::parse)
+        && let Some(resource) = message
+            .split_whitespace()
+            .next()
+            .and_then(ResourceKind::parse)
     {
         let data = json!({ "resource": resource, "job_id": job_id, "message": message });
         quota_event(conn, tenant, EventType::QuotaExceeded, resource, data).await?;
@@ -121,7 +124,14 @@ pub async fn quota_exceeded(
         "requested": refused.requested,
         "message": refused.to_string(),
     });
-    quota_event(&mut tx, tenant, EventType::QuotaExceeded, refused.resource, data).await?;
+    quota_event(
+        &mut tx,
+        tenant,
+        EventType::QuotaExceeded,
+        refused.resource,
+        data,
+    )
+    .await?;
     tx.commit().await
 }
 

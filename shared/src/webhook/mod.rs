@@ -172,7 +172,13 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let body = event_body(id, "job_completed", "acme", at, &serde_json::json!({"x": 1}));
+        let body = event_body(
+            id,
+            "job_completed",
+            "acme",
+            at,
+            &serde_json::json!({"x": 1}),
+        );
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["id"], id.to_string());
         assert_eq!(v["type"], "job_completed");

@@ -8,7 +8,9 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use super::address::{self, GuardedResolver, Refused};
-use super::{ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, MAX_RESPONSE_BYTES, SIGNATURE_HEADER};
+use super::{
+    ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, MAX_RESPONSE_BYTES, SIGNATURE_HEADER,
+};
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,7 +67,9 @@ pub fn verify(
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-            Some(("v1", sig)) => signatures.push(hex::decode(sig).map_err(|_| VerifyError::Malformed)?),
+            Some(("v1", sig)) => {
+                signatures.push(hex::decode(sig).map_err(|_| VerifyError::Malformed)?)
+            }
             _ => {}
         }
     }
@@ -96,7 +98,10 @@ mod tests {
         let header = sign(&["whsec_a"], 1_700_000_000, body);
         assert!(header.starts_with("t=1700000000,v1="));
         assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
-        assert_eq!(verify("whsec_a", &header, body, 1_700_000_010, DEFAULT_TOLERANCE), Ok(()));
+        assert_eq!(
+            verify("whsec_a", &header, body, 1_700_000_010, DEFAULT_TOLERANCE),
+            Ok(())
+        );
         assert_eq!(
             verify("whsec_b", &header, body, 1_700_000_010, DEFAULT_TOLERANCE),
             Err(VerifyError::Mismatch)

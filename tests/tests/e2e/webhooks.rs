@@ -31,10 +31,7 @@ use crate::delivery::refs;
 /// the loopback receiver.
 fn fast(allow_private: bool) -> Vec<(&'static str, String)> {
     vec![
-        (
-            config::ENV_WEBHOOK_ALLOW_PRIVATE,
-            allow_private.to_string(),
-        ),
+        (config::ENV_WEBHOOK_ALLOW_PRIVATE, allow_private.to_string()),
         (config::ENV_WEBHOOK_RETRY_BASE_MS, "100".into()),
         (config::ENV_WEBHOOK_RETRY_MAX_MS, "400".into()),
         (config::ENV_WEBHOOK_POLL_MS, "50".into()),
@@ -113,9 +110,6 @@ async fn receive(
         state.release.notified().await;
         return StatusCode::SERVICE_UNAVAILABLE;
     }
-    if fail {
-        return status;
-    }
     status
 }
 
@@ -143,7 +137,10 @@ impl Receiver {
 
     /// Requests answered 2xx.
     fn delivered(&self) -> Vec<Received> {
-        self.log().into_iter().filter(|r| r.answered == 200).collect()
+        self.log()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .collect()
     }
 }
 
@@ -280,7 +277,9 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
         finished.push(view);
     }
     for _ in 0..2 {
-        let r = env.post(&key, "/v1/jobs", json!({ "text": "one too many" })).await;
+        let r = env
+            .post(&key, "/v1/jobs", json!({ "text": "one too many" }))
+            .await;
         assert_error(r, 403, "quota_exceeded").await;
     }
 
@@ -303,7 +302,8 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
         assert!(body["created_at"].as_str().is_some(), "{body}");
         by_type.entry(r.event_type.clone()).or_default().push(body);
     }
-    let counts: BTreeMap<&str, usize> = by_type.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+    let counts: BTreeMap<&str, usize> =
+        by_type.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
     assert_eq!(
         counts,
         BTreeMap::from([
@@ -330,7 +330,10 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
     assert!(done["error"].is_null(), "{done}");
     let warning = &by_type["quota_warning"][0]["data"];
     assert_eq!(warning["resource"], "DOCUMENTS");
-    assert_eq!((warning["limit"].as_i64(), warning["current_usage"].as_i64()), (Some(5), Some(4)));
+    assert_eq!(
+        (warning["limit"].as_i64(), warning["current_usage"].as_i64()),
+        (Some(5), Some(4))
+    );
     let exceeded = &by_type["quota_exceeded"][0]["data"];
     assert_eq!(exceeded["resource"], "DOCUMENTS");
     assert_eq!(exceeded["limit"], 5);
@@ -338,7 +341,10 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
     for d in &list {
         assert!(ids.contains(d["event_id"].as_str().unwrap()), "{d}");
         assert_eq!(d["attempts"], 1);
-        assert!(d["delivered_at"].is_string() && d["next_attempt_at"].is_null(), "{d}");
+        assert!(
+            d["delivered_at"].is_string() && d["next_attempt_at"].is_null(),
+            "{d}"
+        );
     }
 
     // A tenant that turned job_completed and quota_warning off (and left
@@ -346,10 +352,21 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
     let prefs = json!({"job_completed": false, "quota_warning": false});
     let (quiet_key, quiet_secret) = subscribe(&env, "quiet", &quiet.url(), prefs).await;
     set_quota(&env, "quiet", json!({ "DOCUMENTS": 2 })).await;
-    assert_eq!(run_job(&env, &quiet_key, "A fine document.").await["status"], "FINISHED");
-    assert_eq!(run_job(&env, &quiet_key, "A refused document.").await["status"], "FAILED");
-    assert_eq!(run_job(&env, &quiet_key, "Another fine one.").await["status"], "FINISHED");
-    let r = env.post(&quiet_key, "/v1/jobs", json!({ "text": "over" })).await;
+    assert_eq!(
+        run_job(&env, &quiet_key, "A fine document.").await["status"],
+        "FINISHED"
+    );
+    assert_eq!(
+        run_job(&env, &quiet_key, "A refused document.").await["status"],
+        "FAILED"
+    );
+    assert_eq!(
+        run_job(&env, &quiet_key, "Another fine one.").await["status"],
+        "FINISHED"
+    );
+    let r = env
+        .post(&quiet_key, "/v1/jobs", json!({ "text": "over" }))
+        .await;
     assert_error(r, 403, "quota_exceeded").await;
     // Events are recorded with their cause, so the view is complete as soon as the jobs end.
     let list = wait_for_status(&env, &quiet_key, 1, "delivered").await;
@@ -358,7 +375,10 @@ async fn each_event_arrives_once_signed_and_only_when_enabled() {
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0].event_type, "job_failed");
     assert!(signed_with(&quiet_secret, &log[0].signature, &log[0].body));
-    assert!(!signed_with(&secret, &log[0].signature, &log[0].body), "secrets are per tenant");
+    assert!(
+        !signed_with(&secret, &log[0].signature, &log[0].body),
+        "secrets are per tenant"
+    );
     env.stop().await;
 }
 
@@ -404,7 +424,10 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     assert_eq!(job["status"], "FINISHED");
     let list = deliveries(&env, &key).await;
     assert_eq!(list.len(), 1, "recorded with the job's end");
-    assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_i64()), (Some("pending"), Some(0)));
+    assert_eq!(
+        (list[0]["status"].as_str(), list[0]["attempts"].as_i64()),
+        (Some("pending"), Some(0))
+    );
     assert!(receiver.log().is_empty());
 
     // A dispatcher that delivers comes up: the event arrives, once.
@@ -431,10 +454,21 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     receiver.state.release.notify_waiters();
     let _third = env.add_dispatcher(&refs(&delivering)).await;
     let list = wait_for_status(&env, &key, 2, "delivered").await;
-    let resumed = list.iter().find(|d| d["event_id"] == hung.event_id.as_str()).unwrap();
+    let resumed = list
+        .iter()
+        .find(|d| d["event_id"] == hung.event_id.as_str())
+        .unwrap();
     assert_eq!(resumed["attempts"], 2, "{resumed}");
-    let delivered: Vec<String> = receiver.delivered().into_iter().map(|r| r.event_id).collect();
-    assert_eq!(delivered.len(), 2, "each event answered 200 once: {delivered:?}");
+    let delivered: Vec<String> = receiver
+        .delivered()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        2,
+        "each event answered 200 once: {delivered:?}"
+    );
     assert!(delivered.contains(&hung.event_id));
     env.stop().await;
 }
@@ -448,22 +482,39 @@ async fn loopback_destinations_are_refused_without_the_setting() {
     let (named_key, _) = subscribe(&env, "named", &by_name, json!({})).await;
 
     run_job(&env, &key, "Its webhook points at a loopback address.").await;
-    run_job(&env, &named_key, "Its webhook points at a name for loopback.").await;
+    run_job(
+        &env,
+        &named_key,
+        "Its webhook points at a name for loopback.",
+    )
+    .await;
     let literal = wait_for_status(&env, &key, 1, "dead").await;
     let named = wait_for_status(&env, &named_key, 1, "dead").await;
     for d in [&literal[0], &named[0]] {
         assert_eq!(d["attempts"], 1, "refused for good at once: {d}");
         let error = d["last_error"].as_str().unwrap();
-        assert!(error.contains("destination refused") && error.contains("loopback"), "{error}");
+        assert!(
+            error.contains("destination refused") && error.contains("loopback"),
+            "{error}"
+        );
         assert!(error.contains("TENANTRY_WEBHOOK_ALLOW_PRIVATE"), "{error}");
     }
-    assert!(named[0]["last_error"].as_str().unwrap().contains("localhost"));
+    assert!(
+        named[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("localhost")
+    );
     assert!(receiver.log().is_empty(), "nothing reached the receiver");
 
     // Redelivering a dead event tries again (and is refused again).
     let id = literal[0]["event_id"].as_str().unwrap();
     let r = env
-        .post(&key, &format!("/v1/tenant/webhooks/deliveries/{id}/redeliver"), json!({}))
+        .post(
+            &key,
+            &format!("/v1/tenant/webhooks/deliveries/{id}/redeliver"),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status(), 202);
     eventually("the second refusal", || async {
@@ -488,16 +539,34 @@ async fn redelivery_rotation_and_tenant_scoping() {
 
     // Another tenant sees nothing of it and cannot redeliver it.
     assert!(deliveries(&env, &other_key).await.is_empty());
-    assert_error(env.post(&other_key, &redeliver, json!({})).await, 404, "not_found").await;
-    let ghost = format!("/v1/tenant/webhooks/deliveries/{}/redeliver", uuid::Uuid::new_v4());
+    assert_error(
+        env.post(&other_key, &redeliver, json!({})).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let ghost = format!(
+        "/v1/tenant/webhooks/deliveries/{}/redeliver",
+        uuid::Uuid::new_v4()
+    );
     assert_error(env.post(&key, &ghost, json!({})).await, 404, "not_found").await;
     let bad = "/v1/tenant/webhooks/deliveries/not-an-id/redeliver";
     assert_error(env.post(&key, bad, json!({})).await, 404, "not_found").await;
-    for query in ["limit=0", "limit=101", "status=lost", "cursor=nope", "limit=x"] {
-        let r = env.get(&key, &format!("/v1/tenant/webhooks/deliveries?{query}")).await;
+    for query in [
+        "limit=0",
+        "limit=101",
+        "status=lost",
+        "cursor=nope",
+        "limit=x",
+    ] {
+        let r = env
+            .get(&key, &format!("/v1/tenant/webhooks/deliveries?{query}"))
+            .await;
         assert!(r.status().is_client_error(), "{query}: {}", r.status());
     }
-    let r = env.get(&key, "/v1/tenant/webhooks/deliveries?status=dead").await;
+    let r = env
+        .get(&key, "/v1/tenant/webhooks/deliveries?status=dead")
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["deliveries"], json!([]));
     let r = env.http.post(env.url(&redeliver)).send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
@@ -515,11 +584,20 @@ async fn redelivery_rotation_and_tenant_scoping() {
         (list[0]["attempts"] == 2 && list[0]["status"] == "delivered").then_some(())
     })
     .await;
-    let log: Vec<Received> = receiver.log().into_iter().filter(|r| r.event_id == id).collect();
+    let log: Vec<Received> = receiver
+        .log()
+        .into_iter()
+        .filter(|r| r.event_id == id)
+        .collect();
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!(log[0].body, log[1].body, "the same event");
     assert!(signed_with(&old_secret, &log[0].signature, &log[0].body));
-    assert_eq!(log[1].signature.matches("v1=").count(), 2, "{}", log[1].signature);
+    assert_eq!(
+        log[1].signature.matches("v1=").count(),
+        2,
+        "{}",
+        log[1].signature
+    );
     assert!(signed_with(&new_secret, &log[1].signature, &log[1].body));
     assert!(signed_with(&old_secret, &log[1].signature, &log[1].body));
     env.stop().await;
