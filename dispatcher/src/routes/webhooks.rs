@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, page_limit, uuid_cursor};
 use crate::state::AppState;
 
 /// Most deliveries one page shows.
@@ -57,22 +57,8 @@ pub async fn deliveries(
             "must be one of pending, delivered, dead",
         ));
     }
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let after = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let limit = page_limit(q.limit, 20, MAX_PAGE)?;
+    let after = uuid_cursor(q.cursor.as_deref())?;
     let page = outbox::list(&state.pool, &caller.tenant.id, status, after, limit).await?;
     let next_cursor = if page.len() as i64 == limit {
         page.last().map(|d| d.event_id)
