@@ -452,7 +452,7 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     second.stop().await;
     receiver.state.hang.store(false, Ordering::SeqCst);
     receiver.state.release.notify_waiters();
-    let _third = env.add_dispatcher(&refs(&delivering)).await;
+    let third = env.add_dispatcher(&refs(&delivering)).await;
     let list = wait_for_status(&env, &key, 2, "delivered").await;
     let resumed = list
         .iter()
@@ -470,6 +470,7 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
         "each event answered 200 once: {delivered:?}"
     );
     assert!(delivered.contains(&hung.event_id));
+    third.stop().await;
     env.stop().await;
 }
 
