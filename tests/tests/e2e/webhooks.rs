@@ -601,5 +601,23 @@ async fn redelivery_rotation_and_tenant_scoping() {
     );
     assert!(signed_with(&new_secret, &log[1].signature, &log[1].body));
     assert!(signed_with(&old_secret, &log[1].signature, &log[1].body));
+
+    // tenantryctl shows the deliveries and redelivers.
+    let table = crate::ops::ctl(&env, &["--key", &key, "webhooks", "deliveries"])
+        .await
+        .unwrap();
+    assert!(
+        table.contains(&id) && table.contains("job_completed"),
+        "{table}"
+    );
+    let said = crate::ops::ctl(&env, &["--key", &key, "webhooks", "redeliver", &id])
+        .await
+        .unwrap();
+    assert!(said.contains("due again"), "{said}");
+    eventually("the third delivery", || async {
+        let list = deliveries(&env, &key).await;
+        (list[0]["attempts"] == 3 && list[0]["status"] == "delivered").then_some(())
+    })
+    .await;
     env.stop().await;
 }
