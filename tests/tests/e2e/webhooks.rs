@@ -431,9 +431,7 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     assert!(receiver.log().is_empty());
 
     // A dispatcher that delivers comes up: the event arrives, once.
-    let mut delivering = fast(true);
-    delivering.push((config::ENV_WEBHOOK_DELIVERY, "true".into()));
-    let second = env.add_dispatcher(&refs(&delivering)).await;
+    let second = env.add_dispatcher(&refs(&delivering(true))).await;
     wait_for_status(&env, &key, 1, "delivered").await;
     let log = receiver.log();
     assert_eq!(log.len(), 1);
@@ -452,7 +450,7 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     second.stop().await;
     receiver.state.hang.store(false, Ordering::SeqCst);
     receiver.state.release.notify_waiters();
-    let third = env.add_dispatcher(&refs(&delivering)).await;
+    let third = env.add_dispatcher(&refs(&delivering(true))).await;
     let list = wait_for_status(&env, &key, 2, "delivered").await;
     let resumed = list
         .iter()
@@ -474,9 +472,27 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     env.stop().await;
 }
 
+/// Settings of a dispatcher that delivers webhooks (the fleet's first one does not).
+fn delivering(allow_private: bool) -> Vec<(&'static str, String)> {
+    let mut settings = fast(allow_private);
+    settings.push((config::ENV_WEBHOOK_DELIVERY, "true".into()));
+    settings
+}
+
+async fn redeliver(env: &TestEnv, key: &str, id: &str) {
+    let path = format!("/v1/tenant/webhooks/deliveries/{id}/redeliver");
+    let r = env.post(key, &path, json!({})).await;
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loopback_destinations_are_refused_without_the_setting() {
-    let env = TestEnv::start_with(1, &refs(&fast(false))).await;
+    // Deliveries come only from the dispatchers the test adds: first one that guards
+    // private destinations, then one that allows them.
+    let mut settings = fast(false);
+    settings.push((config::ENV_WEBHOOK_DELIVERY, "false".into()));
+    let env = TestEnv::start_with(1, &refs(&settings)).await;
+    let guarded = env.add_dispatcher(&refs(&delivering(false))).await;
     let receiver = Receiver::start().await;
     let (key, _) = subscribe(&env, "literal", &receiver.url(), json!({})).await;
     let by_name = format!("http://localhost:{}/hook", receiver.addr.port());
@@ -500,30 +516,85 @@ async fn loopback_destinations_are_refused_without_the_setting() {
         );
         assert!(error.contains("TENANTRY_WEBHOOK_ALLOW_PRIVATE"), "{error}");
     }
+    let named_error = named[0]["last_error"].as_str().unwrap();
     assert!(
-        named[0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("localhost")
+        named_error.contains("localhost resolves to"),
+        "{named_error}"
     );
     assert!(receiver.log().is_empty(), "nothing reached the receiver");
 
     // Redelivering a dead event tries again (and is refused again).
     let id = literal[0]["event_id"].as_str().unwrap();
-    let r = env
-        .post(
-            &key,
-            &format!("/v1/tenant/webhooks/deliveries/{id}/redeliver"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    redeliver(&env, &key, id).await;
     eventually("the second refusal", || async {
         let list = deliveries(&env, &key).await;
         (list[0]["attempts"] == 2 && list[0]["status"] == "dead").then_some(())
     })
     .await;
     assert!(receiver.log().is_empty());
+
+    // With TENANTRY_WEBHOOK_ALLOW_PRIVATE=true the same events go through.
+    guarded.stop().await;
+    let open = env.add_dispatcher(&refs(&delivering(true))).await;
+    redeliver(&env, &key, id).await;
+    let named_id = named[0]["event_id"].as_str().unwrap();
+    redeliver(&env, &named_key, named_id).await;
+    wait_for_status(&env, &key, 1, "delivered").await;
+    wait_for_status(&env, &named_key, 1, "delivered").await;
+    let arrived: HashSet<String> = receiver
+        .delivered()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(arrived, HashSet::from([id.to_owned(), named_id.to_owned()]));
+    assert_eq!(receiver.log().len(), 2);
+    open.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_dispatchers_deliver_each_event_once() {
+    let env = TestEnv::start_with(2, &refs(&fast(true))).await;
+    let second = env.add_dispatcher(&refs(&delivering(true))).await;
+    let third = env.add_dispatcher(&refs(&delivering(true))).await;
+    let receiver = Receiver::start().await;
+    let (key, secret) = subscribe(&env, "busy", &receiver.url(), json!({})).await;
+    let documents: Vec<Value> = (0..40)
+        .map(|i| json!({ "text": format!("Document {i} of a busy tenant.") }))
+        .collect();
+    let jobs = env.submit_many(&key, documents).await;
+    let list = eventually("40 deliveries", || async {
+        let r = env
+            .get(
+                &key,
+                "/v1/tenant/webhooks/deliveries?limit=100&status=delivered",
+            )
+            .await;
+        let body: Value = r.json().await.ok()?;
+        let list = body["deliveries"].as_array()?.clone();
+        (list.len() == 40).then_some(list)
+    })
+    .await;
+    assert!(list.iter().all(|d| d["attempts"] == 1), "one attempt each");
+    let log = receiver.log();
+    assert_eq!(
+        log.len(),
+        40,
+        "every event once, whichever dispatcher sent it"
+    );
+    let ids: HashSet<&str> = log.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 40);
+    let reported: HashSet<String> = log
+        .iter()
+        .map(|r| r.json()["data"]["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reported, jobs.into_iter().collect::<HashSet<_>>());
+    assert!(
+        log.iter()
+            .all(|r| signed_with(&secret, &r.signature, &r.body))
+    );
+    second.stop().await;
+    third.stop().await;
     env.stop().await;
 }
 
