@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, page_limit, uuid_cursor};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, PageQuery, page_limit, uuid_cursor};
 use crate::state::AppState;
 
 /// Longest `source_type`, metadata key, and idempotency key accepted.
@@ -349,19 +349,11 @@ pub async fn show(
     Ok(Json(view).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
 /// `GET /v1/jobs?status=&limit=&cursor=`
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     let status = match q.status.as_deref() {
         None | Some("") => None,

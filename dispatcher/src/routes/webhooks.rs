@@ -5,7 +5,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 use tenantry::db::webhooks as outbox;
 use tenantry::webhook::{EVENT_ID_HEADER, ROTATION_GRACE, SIGNATURE_HEADER};
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, ApiQuery, page_limit, uuid_cursor};
+use crate::extract::{ApiPath, ApiQuery, PageQuery, page_limit, uuid_cursor};
 use crate::state::AppState;
 
 /// Most deliveries one page shows.
@@ -34,19 +33,11 @@ pub async fn rotate_secret(State(state): State<AppState>, caller: Caller) -> Api
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveriesQuery {
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
 /// `GET /v1/tenant/webhooks/deliveries?status=&limit=&cursor=`: newest first.
 pub async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     let status = q.status.as_deref().filter(|s| !s.is_empty());
     if let Some(s) = status
