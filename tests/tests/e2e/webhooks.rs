@@ -692,3 +692,109 @@ async fn redelivery_rotation_and_tenant_scoping() {
     .await;
     env.stop().await;
 }
+
+/// The tenant's events of one type, straight from the outbox.
+async fn recorded(env: &TestEnv, tenant: &str, event_type: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events WHERE tenant_id = $1 AND event_type = $2",
+    )
+    .bind(tenant)
+    .bind(event_type)
+    .fetch_one(env.pool())
+    .await
+    .unwrap()
+}
+
+fn all_events() -> Value {
+    json!({"job_completed": true, "job_failed": true, "quota_warning": true, "quota_exceeded": true})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_calls_warn_at_eighty_percent_and_a_refusal_is_reported_once() {
+    let env = TestEnv::start_with(0, &refs(&fast(true))).await;
+    let receiver = Receiver::start().await;
+    // Two calls: the configuration and the secret.
+    let (key, secret) = subscribe(&env, "chatty", &receiver.url(), all_events()).await;
+    set_quota(&env, "chatty", json!({ "API_CALLS_PER_HOUR": 10 })).await;
+    for _ in 0..6 {
+        assert_eq!(env.get(&key, "/v1/tenant").await.status(), 200);
+    }
+    // The 8th call crossed 80 %; the 11th and later are refused. Calls refused by this
+    // dispatcher's own limiter (rate_limited) do not reach Postgres; one reaches it at
+    // least every few seconds and is refused there: that is the quota_exceeded.
+    eventually("a call refused by the quota", || async {
+        let r = env.get(&key, "/v1/tenant").await;
+        let body: Value = r.json().await.ok()?;
+        (body["error"]["code"] == "quota_exceeded").then_some(())
+    })
+    .await;
+    let r = env.get(&key, "/v1/tenant").await;
+    assert_eq!(r.status(), 429);
+    let log = eventually("the warning and the refusal", || async {
+        let log = receiver.delivered();
+        (log.len() == 2).then_some(log)
+    })
+    .await;
+    let by_type: BTreeMap<String, Value> = log
+        .iter()
+        .map(|r| {
+            assert!(signed_with(&secret, &r.signature, &r.body));
+            (r.event_type.clone(), r.json()["data"].clone())
+        })
+        .collect();
+    let warning = &by_type["quota_warning"];
+    assert_eq!(warning["resource"], "API_CALLS_PER_HOUR");
+    assert_eq!(
+        (warning["limit"].as_i64(), warning["current_usage"].as_i64()),
+        (Some(10), Some(8))
+    );
+    assert_eq!(by_type["quota_exceeded"]["resource"], "API_CALLS_PER_HOUR");
+    assert_eq!(
+        recorded(&env, "chatty", "quota_exceeded").await,
+        1,
+        "once an hour"
+    );
+    assert_eq!(recorded(&env, "chatty", "quota_warning").await, 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_measured_size_that_does_not_fit_reports_the_failure_and_the_quota() {
+    // No workers yet: the job waits while its tenant's chunking and storage limit change.
+    let env = TestEnv::start_with(0, &refs(&fast(true))).await;
+    let receiver = Receiver::start().await;
+    let (key, _) = subscribe(&env, "grower", &receiver.url(), all_events()).await;
+    let text = "A sentence that fills the document with words. ".repeat(120);
+    let accepted = env.submit(&key, json!({ "text": text })).await;
+    // Smaller chunks than the estimate assumed: the measured size outgrows the
+    // reservation, and no storage is left to settle the difference.
+    let r = env
+        .http
+        .put(env.url("/v1/tenant/config"))
+        .bearer_auth(&key)
+        .json(&json!({
+            "webhook_url": receiver.url(), "notification_preferences": all_events(),
+            "default_chunk_size": 500, "default_chunk_overlap": 0
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    set_quota(&env, "grower", json!({ "STORAGE_MB": 0 })).await;
+    let workers = env.start_workers(1);
+    let job = env
+        .wait_for_job(&key, accepted["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "FAILED", "{job}");
+    assert_eq!(job["error"]["code"], "quota_exceeded", "{job}");
+    let list = wait_for_status(&env, &key, 2, "delivered").await;
+    let mut types: Vec<&str> = list.iter().map(|d| d["type"].as_str().unwrap()).collect();
+    types.sort();
+    assert_eq!(types, ["job_failed", "quota_exceeded"]);
+    let exceeded = list.iter().find(|d| d["type"] == "quota_exceeded").unwrap();
+    assert_eq!(exceeded["data"]["resource"], "STORAGE_MB", "{exceeded}");
+    assert_eq!(exceeded["data"]["job_id"], job["job_id"]);
+    assert_eq!(receiver.delivered().len(), 2);
+    workers.stop().await;
+    env.stop().await;
+}
