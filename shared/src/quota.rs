@@ -6,6 +6,9 @@
 //! and M dispatchers racing can never push a counter past its limit — unlike the
 //! original plan's count-then-act. Limits come from the `tenant_limits` view (plan
 //! default unless the tenant has an override): the only place they are combined.
+//! The same statement returns the usage and limit after the change, so a reservation
+//! that takes usage across 80 % records its `quota_warning` in its own transaction
+//! (`db::webhooks`) at no extra cost to the others.
 
 use std::fmt;
 
