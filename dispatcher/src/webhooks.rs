@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use sqlx::PgPool;
 use tenantry::db::webhooks::{self as outbox, DueEvent};
 use tenantry::metrics::Metrics;
@@ -19,12 +18,16 @@ use tenantry::quota::QuotaExceeded;
 use tenantry::tenancy::TenantId;
 use tenantry::webhook::sender::{AttemptResult, Delivery, Sender};
 use tenantry::webhook::{RetrySchedule, event_body, signature};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
 /// Most events claimed in one round.
-const BATCH: i64 = 32;
+const BATCH: usize = 32;
+/// Most attempts in flight in one process.
+const IN_FLIGHT: usize = 64;
 /// How often old delivered and dead events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -55,25 +58,42 @@ impl Deliverer {
         })
     }
 
+    /// Claims and attempts due events until `stop`. Attempts run as tasks, at most
+    /// [`IN_FLIGHT`] at once, and the loop claims more as soon as some finish: a slow
+    /// receiver holds its own attempts, not the others'.
     pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut attempts = JoinSet::new();
         let mut pruned: Option<Instant> = None;
         while !stop.is_cancelled() {
+            while attempts.try_join_next().is_some() {}
             if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-                if let Err(e) = outbox::prune(&self.pool).await {
+                if let Err(e) = outbox::prune(&this.pool).await {
                     tracing::warn!(error = %e, "Pruning old webhook events failed.");
                 }
                 pruned = Some(Instant::now());
             }
-            let pause = match outbox::claim_due(&self.pool, BATCH, self.lease).await {
-                Ok(due) if due.is_empty() => self.poll,
+            let free = slots.available_permits().min(BATCH);
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                outbox::claim_due(&this.pool, free as i64, this.lease).await
+            };
+            let pause = match claimed {
                 Ok(due) => {
-                    let full = due.len() as i64 >= BATCH;
-                    tokio::select! {
-                        // Stopping abandons the attempts in hand: their lease brings them back.
-                        _ = stop.cancelled() => break,
-                        _ = join_all(due.iter().map(|event| self.attempt(event))) => {}
+                    let full = due.len() == free && free > 0;
+                    for event in due {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let this = this.clone();
+                        attempts.spawn(async move {
+                            this.attempt(&event).await;
+                            drop(slot);
+                        });
                     }
-                    if full { Duration::ZERO } else { self.poll }
+                    if full { Duration::ZERO } else { this.poll }
                 }
                 Err(e) => {
                     if tenantry::db::is_unavailable(&e) {
@@ -87,8 +107,12 @@ impl Deliverer {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
+                // A finished attempt frees a slot: look for more at once if all were busy.
+                Some(_) = attempts.join_next(), if free == 0 => {}
             }
         }
+        // Stopping abandons the attempts in hand: their leases bring them back.
+        attempts.abort_all();
         tracing::debug!("The webhook loop stopped.");
     }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,7 +20,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tenantry::config;
-use tenantry_tests::{ADMIN_TOKEN, TestEnv, assert_error, eventually};
+use tenantry_tests::{ADMIN_TOKEN, TestEnv, assert_error, eventually, eventually_within};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -796,5 +797,41 @@ async fn a_measured_size_that_does_not_fit_reports_the_failure_and_the_quota() {
     assert_eq!(exceeded["data"]["job_id"], job["job_id"]);
     assert_eq!(receiver.delivered().len(), 2);
     workers.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_hangs_does_not_hold_up_other_tenants() {
+    let mut settings = fast(true);
+    settings.push((config::ENV_WEBHOOK_TIMEOUT_SECS, "30".into()));
+    let env = TestEnv::start_with(1, &refs(&settings)).await;
+    let slow = Receiver::start().await;
+    slow.state.hang.store(true, Ordering::SeqCst);
+    let fast_receiver = Receiver::start().await;
+    let (slow_key, _) = subscribe(&env, "slow", &slow.url(), json!({})).await;
+    let (fast_key, _) = subscribe(&env, "quick", &fast_receiver.url(), json!({})).await;
+
+    run_job(&env, &slow_key, "Its receiver never answers.").await;
+    eventually("the slow receiver to be called", || async {
+        (!slow.log().is_empty()).then_some(())
+    })
+    .await;
+    run_job(&env, &fast_key, "Its receiver answers at once.").await;
+    // Delivered while the other attempt is still hanging (it may take 30 s).
+    eventually_within(
+        "the other tenant's delivery",
+        Duration::from_secs(10),
+        || async {
+            let list = deliveries(&env, &fast_key).await;
+            (list.len() == 1 && list[0]["status"] == "delivered").then_some(())
+        },
+    )
+    .await;
+    let stuck = deliveries(&env, &slow_key).await;
+    assert_eq!(
+        (stuck[0]["status"].as_str(), stuck[0]["attempts"].as_i64()),
+        (Some("pending"), Some(1))
+    );
+    assert_eq!(slow.log()[0].answered, 0);
     env.stop().await;
 }
