@@ -40,6 +40,13 @@ fn fast(allow_private: bool) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// [`fast`] with one more setting.
+fn fast_and(allow_private: bool, var: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    let mut settings = fast(allow_private);
+    settings.push((var, value.to_owned()));
+    settings
+}
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 struct Received {
@@ -416,8 +423,7 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_try() {
 async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
     // The first dispatcher processes jobs but delivers no webhooks: every event is
     // committed with no process to deliver it.
-    let mut settings = fast(true);
-    settings.push((config::ENV_WEBHOOK_DELIVERY, "false".into()));
+    let settings = fast_and(true, config::ENV_WEBHOOK_DELIVERY, "false");
     let env = TestEnv::start_with(1, &refs(&settings)).await;
     let receiver = Receiver::start().await;
     let (key, secret) = subscribe(&env, "patient", &receiver.url(), json!({})).await;
@@ -475,9 +481,7 @@ async fn an_event_outlives_the_dispatchers_that_should_deliver_it() {
 
 /// Settings of a dispatcher that delivers webhooks (the fleet's first one does not).
 fn delivering(allow_private: bool) -> Vec<(&'static str, String)> {
-    let mut settings = fast(allow_private);
-    settings.push((config::ENV_WEBHOOK_DELIVERY, "true".into()));
-    settings
+    fast_and(allow_private, config::ENV_WEBHOOK_DELIVERY, "true")
 }
 
 async fn redeliver(env: &TestEnv, key: &str, id: &str) {
@@ -490,8 +494,7 @@ async fn redeliver(env: &TestEnv, key: &str, id: &str) {
 async fn loopback_destinations_are_refused_without_the_setting() {
     // Deliveries come only from the dispatchers the test adds: first one that guards
     // private destinations, then one that allows them.
-    let mut settings = fast(false);
-    settings.push((config::ENV_WEBHOOK_DELIVERY, "false".into()));
+    let settings = fast_and(false, config::ENV_WEBHOOK_DELIVERY, "false");
     let env = TestEnv::start_with(1, &refs(&settings)).await;
     let guarded = env.add_dispatcher(&refs(&delivering(false))).await;
     let receiver = Receiver::start().await;
@@ -802,8 +805,7 @@ async fn a_measured_size_that_does_not_fit_reports_the_failure_and_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_that_hangs_does_not_hold_up_other_tenants() {
-    let mut settings = fast(true);
-    settings.push((config::ENV_WEBHOOK_TIMEOUT_SECS, "30".into()));
+    let settings = fast_and(true, config::ENV_WEBHOOK_TIMEOUT_SECS, "30");
     let env = TestEnv::start_with(1, &refs(&settings)).await;
     let slow = Receiver::start().await;
     slow.state.hang.store(true, Ordering::SeqCst);
