@@ -27,6 +27,8 @@ CREATE TABLE webhook_events (
 CREATE INDEX webhook_events_due ON webhook_events (next_attempt_at) WHERE status = 'pending';
 -- The tenant's deliveries view: newest first.
 CREATE INDEX webhook_events_tenant ON webhook_events (tenant_id, created_at DESC, id DESC);
+-- Pruning: delivered and dead events past their retention.
+CREATE INDEX webhook_events_done ON webhook_events (created_at) WHERE status <> 'pending';
 
 -- A tenant's signing secret. Rotation keeps the previous one signing as well until
 -- `previous_until`, so receivers can switch without missing a delivery. Stored in
