@@ -113,6 +113,38 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", rejection.body_text())
 }
 
+/// The query of a paged list filtered by status: `?status=&limit=&cursor=`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// The `limit` of a paged list: `default` when absent, else within `1..=max` (422).
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {max}"),
+        ))
+    }
+}
+
+/// The `cursor` of a paged list keyed by UUID: the last id of the previous page.
+pub fn uuid_cursor(cursor: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    match cursor {
+        None | Some("") => Ok(None),
+        Some(c) => uuid::Uuid::parse_str(c)
+            .map(Some)
+            .map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page")),
+    }
+}
+
 /// `Query<T>` with our errors.
 pub struct ApiQuery<T>(pub T);
 

@@ -6,6 +6,7 @@
 //! - [`auth`]: API key → tenant (cached briefly), admin token.
 //! - [`mover`]: moves tenants' points after an isolation mode switch.
 //! - [`pump`]: publishes the Postgres backlog to the broker, fairly, with confirms.
+//! - [`webhooks`]: the webhook delivery loop over the Postgres outbox.
 //! - [`error`]: the one API error type and its stable codes.
 //! - [`extract`]: JSON, path and query extractors with our error shape.
 
@@ -20,5 +21,6 @@ pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod webhooks;
 
 pub use startup::Application;

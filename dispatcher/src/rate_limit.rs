@@ -131,8 +131,11 @@ pub async fn admit(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
         .with_details(json!({ "resource": ResourceKind::ApiCallsPerHour, "limit": limit }))
         .with_retry_after(Duration::from_secs(secs.max(1))));
     }
-    let mut conn = state.pool.acquire().await?;
-    match quota::count_api_call(&mut conn, tenant).await? {
+    // A transaction, so that the call crossing 80 % commits with its quota_warning.
+    let mut tx = state.pool.begin().await?;
+    let counted = quota::count_api_call(&mut tx, tenant).await?;
+    tx.commit().await?;
+    match counted {
         CallCount::Counted { limit, .. } => {
             state.calls.learn(tenant, limit);
             Ok(())
@@ -142,6 +145,7 @@ pub async fn admit(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
             retry_after_secs,
         } => {
             state.calls.learn(tenant, exceeded.limit);
+            crate::webhooks::notify_quota_exceeded(state, tenant, &exceeded).await;
             Err(ApiError::quota(
                 &exceeded,
                 Some(Duration::from_secs(retry_after_secs.max(1) as u64)),

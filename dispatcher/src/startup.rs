@@ -24,6 +24,7 @@ use crate::pump::Pump;
 use crate::rate_limit::CallShaper;
 use crate::routes::router;
 use crate::state::{AppState, Inner};
+use crate::webhooks::Deliverer;
 
 pub struct Application {
     listener: TcpListener,
@@ -112,6 +113,14 @@ impl Application {
             wake: state.move_wake.clone(),
         };
         let mover_task = tokio::spawn(mover.run(stop.child_token()));
+        let webhook_task = if settings.webhook.delivery {
+            let deliverer =
+                Deliverer::from_settings(settings, state.pool.clone(), state.metrics.clone())
+                    .context("building the webhook client")?;
+            Some(tokio::spawn(deliverer.run(stop.child_token())))
+        } else {
+            None
+        };
         let workers_task = (self.workers > 0).then(|| {
             tokio::spawn(run_workers(
                 worker_resources(&state),
@@ -134,6 +143,9 @@ impl Application {
         }
         let _ = pump_task.await;
         let _ = mover_task.await;
+        if let Some(task) = webhook_task {
+            let _ = task.await;
+        }
         state.probe.close().await;
         tracing::info!("The dispatcher stopped.");
         Ok(())

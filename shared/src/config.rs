@@ -49,6 +49,18 @@ pub const ENV_EMBEDDER_MAX_RETRIES: &str = "TENANTRY_EMBEDDER_MAX_RETRIES";
 pub const ENV_METRICS_ADDR: &str = "TENANTRY_METRICS_ADDR";
 /// Tenants given their own label in per-tenant metrics; the rest are summed as "other".
 pub const ENV_METRICS_TOP_TENANTS: &str = "TENANTRY_METRICS_TOP_TENANTS";
+/// Whether this dispatcher runs the webhook delivery loop (every dispatcher does by default).
+pub const ENV_WEBHOOK_DELIVERY: &str = "TENANTRY_WEBHOOK_DELIVERY";
+/// Wait after a webhook's first failed attempt; each later wait doubles.
+pub const ENV_WEBHOOK_RETRY_BASE_MS: &str = "TENANTRY_WEBHOOK_RETRY_BASE_MS";
+/// Longest wait between two attempts of one webhook.
+pub const ENV_WEBHOOK_RETRY_MAX_MS: &str = "TENANTRY_WEBHOOK_RETRY_MAX_MS";
+/// How long after an event was created (or redelivered) its retries stop: then it is dead.
+pub const ENV_WEBHOOK_GIVE_UP_SECS: &str = "TENANTRY_WEBHOOK_GIVE_UP_SECS";
+/// Total time one webhook attempt may take (connecting, sending, the answer).
+pub const ENV_WEBHOOK_TIMEOUT_SECS: &str = "TENANTRY_WEBHOOK_TIMEOUT_SECS";
+/// How often an idle delivery loop looks for due events.
+pub const ENV_WEBHOOK_POLL_MS: &str = "TENANTRY_WEBHOOK_POLL_MS";
 // Read by `tenantryctl` only.
 /// Base URL of the dispatcher tenantryctl talks to.
 pub const ENV_URL: &str = "TENANTRY_URL";
@@ -89,6 +101,12 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_EMBEDDER_MAX_RETRIES,
     ENV_METRICS_ADDR,
     ENV_METRICS_TOP_TENANTS,
+    ENV_WEBHOOK_DELIVERY,
+    ENV_WEBHOOK_RETRY_BASE_MS,
+    ENV_WEBHOOK_RETRY_MAX_MS,
+    ENV_WEBHOOK_GIVE_UP_SECS,
+    ENV_WEBHOOK_TIMEOUT_SECS,
+    ENV_WEBHOOK_POLL_MS,
     ENV_URL,
     ENV_API_KEY,
     "RUST_LOG",
@@ -182,6 +200,19 @@ pub struct WorkerSettings {
     pub heartbeat: Duration,
 }
 
+/// Webhook delivery tunables (where a delivery may go is `Settings::webhook_allow_private`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSettings {
+    /// Whether this process runs the delivery loop.
+    pub delivery: bool,
+    /// Backoff between attempts, and when to give up.
+    pub retry: crate::webhook::RetrySchedule,
+    /// Total time of one attempt.
+    pub timeout: Duration,
+    /// How often an idle delivery loop looks for due events.
+    pub poll: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub profile: Profile,
@@ -196,6 +227,7 @@ pub struct Settings {
     pub qdrant_url: String,
     pub qdrant_api_key: Option<Secret>,
     pub webhook_allow_private: bool,
+    pub webhook: WebhookSettings,
     pub embedder: EmbedderSettings,
     /// Largest request body the dispatcher reads (413 above).
     pub max_body_bytes: usize,
@@ -361,6 +393,46 @@ impl Settings {
             qdrant_url: get(ENV_QDRANT_URL).unwrap_or_else(|| DEFAULT_QDRANT_URL.to_owned()),
             qdrant_api_key: get(ENV_QDRANT_API_KEY).map(Secret),
             webhook_allow_private: parse_bool(&get, ENV_WEBHOOK_ALLOW_PRIVATE, false)?,
+            webhook: WebhookSettings {
+                delivery: parse_bool(&get, ENV_WEBHOOK_DELIVERY, true)?,
+                retry: crate::webhook::RetrySchedule {
+                    base: Duration::from_millis(parse_num(
+                        &get,
+                        ENV_WEBHOOK_RETRY_BASE_MS,
+                        10_000u64,
+                        1,
+                        86_400_000,
+                    )?),
+                    max_delay: Duration::from_millis(parse_num(
+                        &get,
+                        ENV_WEBHOOK_RETRY_MAX_MS,
+                        4 * 3_600_000u64,
+                        1,
+                        86_400_000,
+                    )?),
+                    give_up: Duration::from_secs(parse_num(
+                        &get,
+                        ENV_WEBHOOK_GIVE_UP_SECS,
+                        86_400u64,
+                        1,
+                        30 * 86_400,
+                    )?),
+                },
+                timeout: Duration::from_secs(parse_num(
+                    &get,
+                    ENV_WEBHOOK_TIMEOUT_SECS,
+                    10u64,
+                    1,
+                    300,
+                )?),
+                poll: Duration::from_millis(parse_num(
+                    &get,
+                    ENV_WEBHOOK_POLL_MS,
+                    500u64,
+                    10,
+                    60_000,
+                )?),
+            },
             embedder,
             max_body_bytes: parse_num(&get, ENV_MAX_BODY_BYTES, 8 * 1024 * 1024, 1024, 1 << 30)?,
             batch_max_items: parse_num(&get, ENV_BATCH_MAX_ITEMS, 100, 1, 10_000)?,
@@ -477,6 +549,11 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.qdrant_url, "http://127.0.0.1:6334");
         assert!(!s.webhook_allow_private);
+        assert!(s.webhook.delivery);
+        assert_eq!(s.webhook.retry.base, Duration::from_secs(10));
+        assert_eq!(s.webhook.retry.max_delay, Duration::from_secs(4 * 3600));
+        assert_eq!(s.webhook.retry.give_up, Duration::from_secs(24 * 3600));
+        assert_eq!(s.webhook.timeout, Duration::from_secs(10));
         assert_eq!(s.embedder, EmbedderSettings::Hash { dimension: 256 });
         assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
     }
@@ -496,6 +573,8 @@ mod tests {
             (ENV_VECTOR_BACKEND, "milvus"),
             (ENV_EMBEDDER, "magic"),
             (ENV_WEBHOOK_ALLOW_PRIVATE, "maybe"),
+            (ENV_WEBHOOK_RETRY_BASE_MS, "0"),
+            (ENV_WEBHOOK_DELIVERY, "sometimes"),
             (ENV_MAX_BODY_BYTES, "-1"),
             (ENV_QUEUE_PREFIX, "has space"),
         ];

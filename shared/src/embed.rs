@@ -516,7 +516,7 @@ fn embeddings_url(base: &str) -> Result<Url, EmbedError> {
 }
 
 /// Up to `limit` bytes of the body, and whether that was all of it.
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     response: &mut reqwest::Response,
     limit: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {

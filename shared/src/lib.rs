@@ -15,6 +15,7 @@
 //! - [`telemetry`]: logging setup.
 //! - [`metrics`]: metric names, the process registry, the text exposition.
 //! - [`fleet`]: queues, per-tenant backlog, live workers: what operators watch.
+//! - [`webhook`]: notification events, their signature, the SSRF rule, the sender.
 
 pub mod api_key;
 pub mod broker;
@@ -32,3 +33,4 @@ pub mod tenancy;
 pub mod tenant;
 pub mod tls;
 pub mod vector;
+pub mod webhook;

@@ -39,6 +39,7 @@ pub const STAGE_DURATION: &str = "tenantry_job_stage_duration_seconds";
 pub const QUOTA_REJECTIONS: &str = "tenantry_quota_rejections_total";
 pub const RATE_LIMITED: &str = "tenantry_rate_limited_total";
 pub const WORKER_IN_FLIGHT: &str = "tenantry_worker_in_flight_jobs";
+pub const WEBHOOK_ATTEMPTS: &str = "tenantry_webhook_attempts_total";
 // Fleet gauges, read at scrape time.
 pub const BROKER_UP: &str = "tenantry_broker_up";
 pub const QUEUE_MESSAGES: &str = "tenantry_queue_messages";
@@ -61,6 +62,7 @@ pub const LABEL_QUEUE: &str = "queue";
 pub const LABEL_ROLE: &str = "role";
 pub const LABEL_TENANT: &str = "tenant";
 pub const LABEL_STATE: &str = "state";
+pub const LABEL_OUTCOME: &str = "outcome";
 
 /// The stages a job's `timings` record, in order.
 pub const STAGES: [&str; 4] = ["chunk", "embed", "upsert", "record"];
@@ -83,6 +85,7 @@ pub struct Metrics {
     quota_rejections: IntCounterVec,
     rate_limited: IntCounterVec,
     worker_in_flight: IntGauge,
+    webhook_attempts: IntCounterVec,
     fleet: FleetGauges,
     /// One scrape at a time: fleet gauges are reset and refilled for each.
     scrape: tokio::sync::Mutex<()>,
@@ -238,6 +241,11 @@ impl Metrics {
                 WORKER_IN_FLIGHT,
                 "Deliveries this process's workers are handling now.",
             ),
+            webhook_attempts: counter_vec(
+                WEBHOOK_ATTEMPTS,
+                "Webhook attempts of this process, by outcome (delivered, retry, dead).",
+                LABEL_OUTCOME,
+            ),
             fleet,
             registry: r,
             scrape: tokio::sync::Mutex::new(()),
@@ -279,6 +287,12 @@ impl Metrics {
 
     pub fn job_deferred(&self) {
         self.jobs_deferred.inc();
+    }
+
+    /// One webhook attempt of this process: `delivered`, `retry` (failed, will be
+    /// tried again) or `dead` (failed for good).
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts.with_label_values(&[outcome]).inc();
     }
 
     pub fn quota_rejected(&self, resource: &str) {

@@ -6,6 +6,9 @@
 //! and M dispatchers racing can never push a counter past its limit — unlike the
 //! original plan's count-then-act. Limits come from the `tenant_limits` view (plan
 //! default unless the tenant has an override): the only place they are combined.
+//! The same statement returns the usage and limit after the change, so a reservation
+//! that takes usage across 80 % records its `quota_warning` in its own transaction
+//! (`db::webhooks`) at no extra cost to the others.
 
 use std::fmt;
 
@@ -94,20 +97,30 @@ pub async fn reserve_document(
     tenant: &TenantId,
     bytes: i64,
 ) -> Result<(), QuotaError> {
-    let reserved = sqlx::query(
+    let reserved: Option<(i64, i64, i64, i64)> = sqlx::query_as(
         "UPDATE tenant_usage u
             SET documents = u.documents + 1, storage_bytes = u.storage_bytes + $2
            FROM tenant_limits l
           WHERE u.tenant_id = $1 AND l.tenant_id = u.tenant_id
             AND u.documents + 1 <= l.documents
             AND u.storage_bytes + $2 <= l.storage_mb * 1048576
-      RETURNING u.documents",
+      RETURNING u.documents, l.documents, u.storage_bytes, l.storage_mb",
     )
     .bind(tenant.as_str())
     .bind(bytes)
     .fetch_optional(&mut *conn)
     .await?;
-    if reserved.is_some() {
+    if let Some((docs, docs_limit, storage, storage_mb)) = reserved {
+        warn_on_crossing(
+            conn,
+            tenant,
+            ResourceKind::Documents,
+            docs - 1,
+            docs,
+            docs_limit,
+        )
+        .await?;
+        warn_on_storage_crossing(conn, tenant, storage - bytes, storage, storage_mb).await?;
         return Ok(());
     }
     // Refused: read the numbers only to say which resource (the decision is made).
@@ -136,6 +149,47 @@ pub async fn reserve_document(
     .into())
 }
 
+/// Whether usage going from `before` to `after` (of `limit`) crosses
+/// [`WARNING_PERCENT`]: the moment a `quota_warning` is due.
+pub fn crosses_warning(before: f64, after: f64, limit: f64) -> bool {
+    limit > 0.0
+        && percentage(before, limit) < WARNING_PERCENT
+        && percentage(after, limit) >= WARNING_PERCENT
+}
+
+/// Records a `quota_warning` in the caller's transaction if this change crossed 80 %.
+async fn warn_on_crossing(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    kind: ResourceKind,
+    before: i64,
+    after: i64,
+    limit: i64,
+) -> Result<(), sqlx::Error> {
+    if !crosses_warning(before as f64, after as f64, limit as f64) {
+        return Ok(());
+    }
+    let pct = percentage(after as f64, limit as f64);
+    crate::db::webhooks::quota_warning(conn, tenant, kind, limit, after, pct).await
+}
+
+/// [`warn_on_crossing`] for STORAGE_MB, judged on bytes (the limit is in MiB).
+async fn warn_on_storage_crossing(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    before_bytes: i64,
+    after_bytes: i64,
+    limit_mb: i64,
+) -> Result<(), sqlx::Error> {
+    let limit_bytes = (limit_mb * BYTES_PER_MB) as f64;
+    if !crosses_warning(before_bytes as f64, after_bytes as f64, limit_bytes) {
+        return Ok(());
+    }
+    let pct = percentage(after_bytes as f64, limit_bytes);
+    let (kind, used) = (ResourceKind::StorageMb, megabytes(after_bytes));
+    crate::db::webhooks::quota_warning(conn, tenant, kind, limit_mb, used, pct).await
+}
+
 /// Gives back one document and `bytes` of storage (failed, cancelled or deleted).
 pub async fn release_document(
     conn: &mut PgConnection,
@@ -162,20 +216,22 @@ pub async fn settle_storage(
     reserved: i64,
     measured: i64,
 ) -> Result<(), QuotaError> {
-    let settled = sqlx::query(
+    let settled: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE tenant_usage u
             SET storage_bytes = u.storage_bytes - $2 + $3
            FROM tenant_limits l
           WHERE u.tenant_id = $1 AND l.tenant_id = u.tenant_id
             AND ($3 <= $2 OR u.storage_bytes - $2 + $3 <= l.storage_mb * 1048576)
-      RETURNING u.storage_bytes",
+      RETURNING u.storage_bytes, l.storage_mb",
     )
     .bind(tenant.as_str())
     .bind(reserved)
     .bind(measured)
     .fetch_optional(&mut *conn)
     .await?;
-    if settled.is_some() {
+    if let Some((storage, storage_mb)) = settled {
+        let before = storage - measured + reserved;
+        warn_on_storage_crossing(conn, tenant, before, storage, storage_mb).await?;
         return Ok(());
     }
     let (storage, limit_mb): (i64, i64) = sqlx::query_as(
@@ -231,18 +287,20 @@ pub async fn reserve_collection(
     conn: &mut PgConnection,
     tenant: &TenantId,
 ) -> Result<(), QuotaError> {
-    let row = sqlx::query(
+    let row: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE tenant_usage u
             SET collections = u.collections + 1
            FROM tenant_limits l
           WHERE u.tenant_id = $1 AND l.tenant_id = u.tenant_id
             AND u.collections + 1 <= l.vector_collections
-      RETURNING u.collections",
+      RETURNING u.collections, l.vector_collections",
     )
     .bind(tenant.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    if row.is_some() {
+    if let Some((used, limit)) = row {
+        let kind = ResourceKind::VectorCollections;
+        warn_on_crossing(conn, tenant, kind, used - 1, used, limit).await?;
         return Ok(());
     }
     let (used, limit): (i64, i64) = sqlx::query_as(
@@ -412,7 +470,8 @@ pub enum CallCount {
 /// Counts one API call in the tenant's row of the current UTC clock hour, fleet-wide:
 /// one `INSERT … ON CONFLICT DO UPDATE … WHERE calls + 1 <= limit`. Postgres
 /// re-evaluates the `WHERE` on the latest row version under the row lock, so any
-/// number of dispatchers racing never count past the limit.
+/// number of dispatchers racing never count past the limit. The call that crosses
+/// 80 % records a `quota_warning` on `conn`: pass a transaction to make them atomic.
 pub async fn count_api_call(
     conn: &mut PgConnection,
     tenant: &TenantId,
@@ -432,10 +491,14 @@ pub async fn count_api_call(
                 ceil(extract(epoch FROM (SELECT h FROM hour) + interval '1 hour' - now()))::bigint",
     )
     .bind(tenant.as_str())
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await?;
     let (counted, limit, seen, secs_left) = row;
     let limit = limit.ok_or(sqlx::Error::RowNotFound)?;
+    if let Some(calls) = counted {
+        let kind = ResourceKind::ApiCallsPerHour;
+        warn_on_crossing(conn, tenant, kind, calls - 1, calls, limit).await?;
+    }
     Ok(match counted {
         Some(calls) => CallCount::Counted { calls, limit },
         None => CallCount::Refused {
@@ -481,6 +544,16 @@ mod tests {
             validate_limit(ResourceKind::ProcessingJobs, &json!(1)),
             Ok(1)
         );
+    }
+
+    #[test]
+    fn a_warning_is_due_when_usage_crosses_eighty_percent() {
+        assert!(crosses_warning(7.0, 8.0, 10.0));
+        assert!(!crosses_warning(8.0, 9.0, 10.0), "already above");
+        assert!(!crosses_warning(6.0, 7.0, 10.0), "still below");
+        assert!(crosses_warning(0.0, 10.0, 10.0), "straight to full");
+        assert!(!crosses_warning(0.0, 0.0, 0.0), "a zero limit never warns");
+        assert!(crosses_warning(799.0, 800.0, 1000.0));
     }
 
     #[test]

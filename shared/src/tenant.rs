@@ -101,6 +101,12 @@ pub const NOTIFICATION_EVENTS: [&str; 4] = [
     "quota_warning",
     "quota_exceeded",
 ];
+/// The original plan's defaults: every event but `quota_exceeded` (which can be
+/// frequent: every refused call) is sent.
+fn wanted_by_default(event: &str) -> bool {
+    NOTIFICATION_EVENTS.contains(&event) && event != "quota_exceeded"
+}
+
 /// Longest webhook URL accepted.
 pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
 
@@ -131,7 +137,7 @@ impl Default for TenantConfig {
             webhook_url: None,
             notification_preferences: NOTIFICATION_EVENTS
                 .iter()
-                .map(|e| (e.to_string(), *e != "quota_exceeded"))
+                .map(|e| (e.to_string(), wanted_by_default(e)))
                 .collect(),
             processing_preferences: serde_json::json!({
                 "use_docling": false,
@@ -214,12 +220,14 @@ impl TenantConfig {
             .unwrap_or_else(DatabaseName::default_name)
     }
 
-    /// Whether the tenant wants events of this type.
+    /// Whether the tenant wants events of this type. An event the preferences leave
+    /// out takes its default (as when no preferences were given at all), so
+    /// `{"quota_exceeded": true}` adds that event rather than silencing the others.
     pub fn wants(&self, event: &str) -> bool {
         self.notification_preferences
             .get(event)
             .copied()
-            .unwrap_or(false)
+            .unwrap_or_else(|| wanted_by_default(event))
     }
 
     /// Reads a stored configuration; anything unreadable falls back to defaults field
@@ -262,6 +270,12 @@ mod tests {
         assert_eq!(c.default_chunking_strategy, ChunkStrategy::Sentence);
         assert!(c.enable_auto_processing);
         assert!(c.wants("job_completed") && !c.wants("quota_exceeded"));
+        let partial: TenantConfig = serde_json::from_value(
+            serde_json::json!({"notification_preferences": {"quota_exceeded": true, "job_completed": false}}),
+        )
+        .unwrap();
+        assert!(partial.wants("quota_exceeded") && partial.wants("job_failed"));
+        assert!(!partial.wants("job_completed") && !partial.wants("nonsense"));
         assert!(c.validate().is_ok());
         assert_eq!(TenantConfig::from_stored(serde_json::json!({})), c);
     }

@@ -6,6 +6,7 @@
 //! - [`Cli`] and [`run`]: the commands; `main.rs` only parses and reports.
 //! - [`client`]: HTTP, credentials, the API's error shape.
 //! - [`submit`]: files and directories in, a progress bar, a summary out.
+//! - [`webhooks`]: a tenant's webhook deliveries and signing secret.
 //! - [`table`]: readable tables (every command also speaks `--json`).
 //!
 //! It reads `TENANTRY_URL`, `TENANTRY_ADMIN_TOKEN` and `TENANTRY_API_KEY`; flags override.
@@ -19,6 +20,7 @@ use tenantry::config::{ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_URL};
 pub mod client;
 pub mod submit;
 pub mod table;
+pub mod webhooks;
 
 use client::{As, Client, encode};
 use table::{Table, age, field};
@@ -76,6 +78,9 @@ pub enum Command {
     /// List dead letters, replay one (admin).
     #[command(subcommand)]
     DeadLetters(DeadLettersCmd),
+    /// A tenant's webhook deliveries, redelivery, signing secret (tenant key).
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +195,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys(&client, cmd, json, out).await,
         Command::Status(args) => status(&client, &args, json, out).await,
         Command::Jobs(cmd) => jobs(&client, cmd, json, out).await,
+        Command::Webhooks(cmd) => webhooks::run(&client, cmd, json, out).await,
         Command::Submit(args) => submit::run(&client, &args, json, out).await,
         Command::Quotas(cmd) => quotas(&client, cmd, json, out).await,
         Command::Usage { days } => {

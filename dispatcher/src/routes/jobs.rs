@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, PageQuery, page_limit, uuid_cursor};
 use crate::state::AppState;
 
 /// Longest `source_type`, metadata key, and idempotency key accepted.
@@ -238,6 +238,7 @@ async fn submit_one(
         }
         Err(SubmitError::Quota(q)) => {
             state.metrics.quota_rejected(q.resource.as_str());
+            crate::webhooks::notify_quota_exceeded(state, &caller.tenant.id, &q).await;
             Err(ApiError::quota(&q, None))
         }
         Err(e @ SubmitError::ModelMismatch { .. }) => {
@@ -348,19 +349,11 @@ pub async fn show(
     Ok(Json(view).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub status: Option<String>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
 /// `GET /v1/jobs?status=&limit=&cursor=`
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -371,17 +364,8 @@ pub async fn list(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
-    }
-    let cursor = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page"))?,
-        ),
-    };
+    let limit = page_limit(q.limit, 50, 500)?;
+    let cursor = uuid_cursor(q.cursor.as_deref())?;
     let jobs = job_db::list(&state.pool, &caller.tenant.id, status, cursor, limit).await?;
     let next_cursor = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.job_id))

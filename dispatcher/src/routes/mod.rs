@@ -18,6 +18,7 @@ pub mod ops_admin;
 pub mod quotas;
 pub mod search;
 pub mod tenant;
+pub mod webhooks;
 
 /// Every route of the dispatcher; testable without a socket.
 pub fn router(state: AppState) -> Router {
@@ -59,6 +60,12 @@ pub fn router(state: AppState) -> Router {
             put(quotas::set_overrides).get(quotas::admin_show),
         )
         .route("/v1/admin/usage", get(quotas::admin_usage))
+        .route("/v1/tenant/webhooks/secret", post(webhooks::rotate_secret))
+        .route("/v1/tenant/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/tenant/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/v1/tenant/quotas", get(quotas::show))
         .route("/v1/tenant/usage", get(quotas::usage))
         .route("/v1/admin/dead-letters", get(dead_letters::list))

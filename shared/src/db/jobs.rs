@@ -764,8 +764,10 @@ async fn end_job(
     .bind(&outcome.timings)
     .bind(error.map(|e| e.0))
     .bind(error.map(|e| e.1))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // The notification commits with the outcome it reports, or not at all.
+    crate::db::webhooks::job_ended(conn, tenant, job_id, status, error).await?;
     Ok(())
 }
 

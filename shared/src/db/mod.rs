@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod keys;
 pub mod quotas;
 pub mod tenants;
+pub mod webhooks;
 pub mod workers;
 
 /// The schema's migrations, embedded at build time (no database needed to build).

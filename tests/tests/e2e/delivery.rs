@@ -4,7 +4,7 @@
 //! Outages through a cutting proxy are in `delivery/outages.rs`, the fleet's binaries
 //! under SIGTERM and SIGKILL in `delivery/processes.rs`.
 
-mod faults;
+pub(crate) mod faults;
 mod outages;
 mod processes;
 

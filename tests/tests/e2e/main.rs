@@ -10,3 +10,4 @@ mod quotas;
 mod skeleton;
 mod tenants;
 mod vectors;
+mod webhooks;

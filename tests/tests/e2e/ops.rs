@@ -156,7 +156,7 @@ async fn scrape(env: &TestEnv, url: &str) -> (String, Vec<Sample>) {
 }
 
 /// Runs tenantryctl's library with these arguments against the fleet; returns its output.
-async fn ctl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn ctl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
     ctl_at(&env.base_url, args).await
 }
 
