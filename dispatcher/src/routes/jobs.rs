@@ -181,12 +181,41 @@ fn refuse_if_suspended(caller: &Caller) -> ApiResult<()> {
 }
 
 /// Checks, estimates and records one submission in the backlog.
-async fn submit_one(
-    state: &AppState,
-    caller: &Caller,
+/// A validated document with its ids and storage estimate, ready to be recorded.
+struct Prepared {
     valid: ValidSubmission,
-    key: Option<&str>,
-) -> ApiResult<Submitted> {
+    job_id: Uuid,
+    document_id: Uuid,
+    estimate: i64,
+}
+
+impl Prepared {
+    fn new_job<'a>(
+        &'a self,
+        state: &'a AppState,
+        caller: &'a Caller,
+        key: Option<&'a str>,
+    ) -> NewJob<'a> {
+        NewJob {
+            job_id: self.job_id,
+            document_id: self.document_id,
+            tenant: &caller.tenant.id,
+            database: &self.valid.database,
+            source_type: &self.valid.source_type,
+            text: &self.valid.text,
+            metadata: &self.valid.metadata,
+            options: &self.valid.options,
+            priority: self.valid.priority,
+            idempotency_key: key,
+            reserved_bytes: self.estimate,
+            model: state.embedder.model(),
+            dimension: state.embedder.dimension() as i32,
+        }
+    }
+}
+
+/// Gives a validated document its ids and estimates the storage it will take.
+async fn prepare(state: &AppState, caller: &Caller, valid: ValidSubmission) -> ApiResult<Prepared> {
     let document_id = Uuid::new_v4();
     let dimension = state.embedder.dimension();
     let estimate = {
@@ -214,22 +243,32 @@ async fn submit_one(
             estimate(&valid.text)
         }
     };
-    let new = NewJob {
+    Ok(Prepared {
+        valid,
         job_id: Uuid::new_v4(),
         document_id,
-        tenant: &caller.tenant.id,
-        database: &valid.database,
-        source_type: &valid.source_type,
-        text: &valid.text,
-        metadata: &valid.metadata,
-        options: &valid.options,
-        priority: valid.priority,
-        idempotency_key: key,
-        reserved_bytes: estimate,
-        model: state.embedder.model(),
-        dimension: dimension as i32,
-    };
-    match job_db::submit(&state.pool, &new).await {
+        estimate,
+    })
+}
+
+async fn submit_one(
+    state: &AppState,
+    caller: &Caller,
+    valid: ValidSubmission,
+    key: Option<&str>,
+) -> ApiResult<Submitted> {
+    let prepared = prepare(state, caller, valid).await?;
+    let outcome = job_db::submit(&state.pool, &prepared.new_job(state, caller, key)).await;
+    answer(state, caller, outcome).await
+}
+
+/// What the caller is told about one recorded (or refused) submission.
+async fn answer(
+    state: &AppState,
+    caller: &Caller,
+    outcome: Result<Submitted, SubmitError>,
+) -> ApiResult<Submitted> {
+    match outcome {
         Ok(submitted) => {
             if matches!(submitted, Submitted::Created(_)) {
                 state.metrics.job_submitted();
@@ -305,12 +344,39 @@ pub async fn submit_batch(
             format!("must hold 1–{max} documents"),
         ));
     }
-    let mut results = Vec::with_capacity(body.documents.len());
-    let mut accepted_count = 0usize;
+    // Validated and prepared one by one; the valid ones are recorded together, in one
+    // transaction, each accepted or refused on its own.
+    let mut prepared = Vec::with_capacity(body.documents.len());
+    let mut outcomes: Vec<Option<ApiResult<Submitted>>> = Vec::with_capacity(prepared.capacity());
     for (i, doc) in body.documents.into_iter().enumerate() {
-        let outcome = match validate(doc, &caller, &format!("documents[{i}].")) {
-            Ok(valid) => submit_one(&state, &caller, valid, None).await,
-            Err(e) => Err(e),
+        match validate(doc, &caller, &format!("documents[{i}].")) {
+            Ok(valid) => {
+                prepared.push(prepare(&state, &caller, valid).await?);
+                outcomes.push(None);
+            }
+            Err(e) => outcomes.push(Some(Err(e))),
+        }
+    }
+    let news: Vec<NewJob<'_>> = prepared
+        .iter()
+        .map(|p| p.new_job(&state, &caller, None))
+        .collect();
+    let mut recorded = job_db::submit_many(&state.pool, &news)
+        .await
+        .map_err(ApiError::from)?
+        .into_iter();
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut accepted_count = 0usize;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = match outcome {
+            Some(refused) => refused,
+            None => match recorded.next() {
+                Some(one) => answer(&state, &caller, one.map(Submitted::Created)).await,
+                None => Err(ApiError::internal(
+                    "Recording the batch failed.",
+                    "fewer outcomes than documents",
+                )),
+            },
         };
         results.push(match outcome {
             Ok(Submitted::Created(view) | Submitted::Existing(view)) => {

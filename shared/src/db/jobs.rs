@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Acquire, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::attempts;
@@ -150,9 +150,58 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>) -> Result<Submitted, Submit
     {
         return Ok(Submitted::Existing(existing));
     }
-    ensure_database(&mut tx, new).await?;
-    quota::reserve_document(&mut tx, new.tenant, new.reserved_bytes).await?;
+    if let Some(view) = insert_job(&mut tx, new).await? {
+        tx.commit().await?;
+        return Ok(Submitted::Created(view));
+    }
+    // A concurrent request with the same key won; undo ours, answer with theirs.
+    tx.rollback().await?;
+    let mut conn = pool.acquire().await?;
+    let key = new.idempotency_key.unwrap_or_default();
+    match find_by_idempotency_key(&mut conn, new.tenant, key).await? {
+        Some(existing) => Ok(Submitted::Existing(existing)),
+        None => Err(SubmitError::Sql(sqlx::Error::RowNotFound)),
+    }
+}
 
+/// Records many documents (without idempotency keys) in one transaction, each accepted
+/// or refused on its own: a refused one's writes are undone to its savepoint, the
+/// others stay. One commit for the lot, and the tenant's usage row is locked once
+/// rather than once per document. A database error fails the whole call.
+pub async fn submit_many(
+    pool: &PgPool,
+    news: &[NewJob<'_>],
+) -> Result<Vec<Result<JobView, SubmitError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(news.len());
+    for new in news {
+        // A savepoint: the connection is already inside `tx`.
+        let mut document = Acquire::begin(&mut *tx).await?;
+        match insert_job(&mut document, new).await {
+            Ok(Some(view)) => {
+                document.commit().await?;
+                outcomes.push(Ok(view));
+            }
+            Ok(None) => return Err(sqlx::Error::RowNotFound),
+            Err(SubmitError::Sql(e)) => return Err(e),
+            Err(refused) => {
+                document.rollback().await?;
+                outcomes.push(Err(refused));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The writes of one submission inside the caller's transaction; `None` if another
+/// job holds its idempotency key. The quota is reserved last, so the tenant's usage
+/// row stays locked only from there to the commit.
+async fn insert_job(
+    conn: &mut PgConnection,
+    new: &NewJob<'_>,
+) -> Result<Option<JobView>, SubmitError> {
+    ensure_database(conn, new).await?;
     let (job_id, document_id) = (new.job_id, new.document_id);
     sqlx::query(
         "INSERT INTO documents (id, tenant_id, database, source_type, metadata, text_bytes, reserved_bytes)
@@ -165,7 +214,7 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>) -> Result<Submitted, Submit
     .bind(Value::Object(new.metadata.clone()))
     .bind(new.text.len() as i64)
     .bind(new.reserved_bytes)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, tenant_id, document_id, priority, body, options, idempotency_key)
@@ -180,23 +229,16 @@ pub async fn submit(pool: &PgPool, new: &NewJob<'_>) -> Result<Submitted, Submit
     .bind(new.text)
     .bind(serde_json::to_value(new.options).unwrap_or_default())
     .bind(new.idempotency_key)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_none() {
-        // A concurrent request with the same key won; undo ours, answer with theirs.
-        tx.rollback().await?;
-        let mut conn = pool.acquire().await?;
-        let key = new.idempotency_key.unwrap_or_default();
-        return match find_by_idempotency_key(&mut conn, new.tenant, key).await? {
-            Some(existing) => Ok(Submitted::Existing(existing)),
-            None => Err(SubmitError::Sql(sqlx::Error::RowNotFound)),
-        };
+        return Ok(None);
     }
-    let view = get_on(&mut tx, new.tenant, job_id)
+    let view = get_on(conn, new.tenant, job_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    tx.commit().await?;
-    Ok(Submitted::Created(view))
+    quota::reserve_document(conn, new.tenant, new.reserved_bytes).await?;
+    Ok(Some(view))
 }
 
 async fn find_by_idempotency_key(

@@ -104,7 +104,8 @@ async fn a_small_tenant_finishes_while_a_big_backlog_waits() {
     let (big_before, big_left): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'FINISHED' AND finished_at <=
                     (SELECT max(finished_at) FROM jobs WHERE tenant_id = 'small')),
-                count(*) FILTER (WHERE status <> 'FINISHED')
+                count(*) FILTER (WHERE status <> 'FINISHED' OR finished_at >
+                    (SELECT max(finished_at) FROM jobs WHERE tenant_id = 'small'))
            FROM jobs WHERE tenant_id = 'big'",
     )
     .fetch_one(env.pool())

@@ -586,3 +586,46 @@ async fn usage_views_come_from_real_records() {
     assert_eq!(r.status(), 401);
     env.stop().await;
 }
+
+/// A batch is recorded in one transaction, yet each document is accepted or refused on
+/// its own: an invalid one and one over the DOCUMENTS quota are refused with their own
+/// errors, leave nothing behind, and the others are recorded, reserved and processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_refuses_documents_one_by_one_and_keeps_the_rest() {
+    let env = TestEnv::start(2).await;
+    let key = env.tenant("batcher").await;
+    set_quotas(&env, "batcher", json!({ "DOCUMENTS": 3 })).await;
+    let documents = json!({ "documents": [
+        { "text": document("first", 3) },
+        { "text": "" },
+        { "text": document("second", 3) },
+        { "text": document("third", 3) },
+        { "text": document("fourth", 3) },
+    ]});
+    let r = env.post(&key, "/v1/jobs/batch", documents).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 3, "{body}");
+    assert_eq!(body["rejected"], 2, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[1]["error"]["status"], 422, "{body}");
+    assert_eq!(results[4]["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(results[4]["error"]["status"], 403, "{body}");
+    let mut jobs = Vec::new();
+    for i in [0, 2, 3] {
+        assert_eq!(results[i]["index"], i, "{body}");
+        jobs.push(results[i]["job_id"].as_str().unwrap().to_owned());
+    }
+    for job in &jobs {
+        let view = env.wait_for_job(&key, job).await;
+        assert_eq!(view["status"], "FINISHED", "{view}");
+    }
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM documents WHERE tenant_id = 'batcher'")
+            .fetch_one(env.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 3, "the refused documents left no rows");
+    assert_eq!(counters(&env, "batcher").await.0, 3);
+    env.stop().await;
+}

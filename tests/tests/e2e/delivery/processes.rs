@@ -146,6 +146,12 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     let ids = FleetIds::new();
     let base = format!("http://127.0.0.1:{}", free_port());
     let mut vars = ids.env();
+    // Every embedding takes 50 ms, so the kill lands with jobs in flight and most of the
+    // backlog still waiting (a hashing embedder finishes the batch before the kill).
+    let server = EmbedServer::start(Arc::new(|_, _| Reply::Stall(Duration::from_millis(50)))).await;
+    for (k, v) in server.settings() {
+        vars.insert(k.to_owned(), v);
+    }
     vars.insert(
         ENV_HTTP_ADDR.into(),
         base.trim_start_matches("http://").to_owned(),
@@ -176,16 +182,22 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
         .await
         .unwrap();
     let key = key["key"].as_str().unwrap().to_owned();
-    let total = 40;
-    for i in 0..total {
+    // Submitted in batches, so the whole backlog exists early.
+    let total = 200;
+    for first in (0..total).step_by(100) {
+        let documents: Vec<Value> = (first..first + 100)
+            .map(|i| json!({ "text": document(i) }))
+            .collect();
         let r = http
-            .post(format!("{base}/v1/jobs"))
+            .post(format!("{base}/v1/jobs/batch"))
             .bearer_auth(&key)
-            .json(&json!({ "text": document(i) }))
+            .json(&json!({ "documents": documents }))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["accepted"], 100, "{body}");
     }
 
     let pool = sqlx::PgPool::connect(&ids.database_url).await.unwrap();
