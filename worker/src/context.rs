@@ -12,7 +12,19 @@ use tenantry::metrics::Metrics;
 use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 
+use tenantry::db::jobs::{self as job_db, Outcome, StartOutcome};
+use tenantry::quota::QuotaExceeded;
+use tenantry::tenancy::TenantId;
+use uuid::Uuid;
+
+use crate::batch::Batcher;
 use crate::tenants::TenantCache;
+
+/// Most job starts or finishes written in one transaction.
+const MAX_BATCH: usize = 64;
+
+type Started = Result<StartOutcome, sqlx::Error>;
+type Finished = Result<Result<(), QuotaExceeded>, sqlx::Error>;
 
 /// Headroom over the HTTP body limit for a message's JSON envelope (ids, metadata,
 /// escaping), so every document the dispatcher accepted also fits on the wire.
@@ -38,6 +50,9 @@ pub struct WorkerContext {
     pub max_message_bytes: usize,
     /// Told when a job ends, so an in-process pump can refill that tenant's window.
     pub on_job_end: Option<Arc<Notify>>,
+    /// Group commit of job starts and finishes (see [`crate::batch`]).
+    starts: Batcher<(TenantId, Uuid), Started>,
+    finishes: Batcher<(TenantId, Uuid, Outcome), Finished>,
 }
 
 impl WorkerContext {
@@ -52,15 +67,18 @@ impl WorkerContext {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_owned());
+        let worker_id = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..4]
+        );
         Self {
+            starts: start_batcher(pool.clone(), worker_id.clone()),
+            finishes: finish_batcher(pool.clone()),
             signer: Signer::new(settings.signing_secret.expose().as_bytes()),
             topology: Topology::new(&settings.queue_prefix),
             tenants: TenantCache::new(settings.auth_cache_ttl),
-            worker_id: format!(
-                "{host}-{}-{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..4]
-            ),
+            worker_id,
             host,
             jobs_done: AtomicU64::new(0),
             metrics: Metrics::shared(),
@@ -73,6 +91,24 @@ impl WorkerContext {
         }
     }
 
+    /// Marks a job PROCESSING (taking a slot), together with whatever other starts are
+    /// waiting: see [`job_db::begin_processing`].
+    pub async fn begin_processing(&self, tenant: &TenantId, job_id: Uuid) -> Started {
+        self.starts
+            .call((tenant.clone(), job_id))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+
+    /// Records a job FINISHED, together with whatever other finishes are waiting: see
+    /// [`job_db::finish`].
+    pub async fn finish(&self, tenant: &TenantId, job_id: Uuid, outcome: Outcome) -> Finished {
+        self.finishes
+            .call((tenant.clone(), job_id, outcome))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+
     /// Counts a job that reached FINISHED or FAILED here.
     pub fn count_done(&self) {
         self.jobs_done.fetch_add(1, Ordering::Relaxed);
@@ -83,4 +119,39 @@ impl WorkerContext {
             n.notify_one();
         }
     }
+}
+
+/// Starts in one transaction; if that fails, each on its own, so every job gets its own
+/// outcome or error (a deadlock or one bad row does not fail the others).
+fn start_batcher(pool: PgPool, worker_id: String) -> Batcher<(TenantId, Uuid), Started> {
+    Batcher::spawn(MAX_BATCH, move |jobs: Vec<(TenantId, Uuid)>| {
+        let (pool, worker_id) = (pool.clone(), worker_id.clone());
+        async move {
+            if let Ok(started) = job_db::begin_processing_many(&pool, &jobs, &worker_id).await {
+                return started.into_iter().map(Ok).collect();
+            }
+            let mut one_by_one = Vec::with_capacity(jobs.len());
+            for (tenant, job_id) in &jobs {
+                one_by_one.push(job_db::begin_processing(&pool, tenant, *job_id, &worker_id).await);
+            }
+            one_by_one
+        }
+    })
+}
+
+/// Finishes in one transaction; if that fails, each on its own (as for starts).
+fn finish_batcher(pool: PgPool) -> Batcher<(TenantId, Uuid, Outcome), Finished> {
+    Batcher::spawn(MAX_BATCH, move |jobs: Vec<(TenantId, Uuid, Outcome)>| {
+        let pool = pool.clone();
+        async move {
+            if let Ok(finished) = job_db::finish_many(&pool, &jobs).await {
+                return finished.into_iter().map(Ok).collect();
+            }
+            let mut one_by_one = Vec::with_capacity(jobs.len());
+            for (tenant, job_id, outcome) in &jobs {
+                one_by_one.push(job_db::finish(&pool, tenant, *job_id, outcome).await);
+            }
+            one_by_one
+        }
+    })
 }

@@ -163,12 +163,10 @@ async fn process_job(ctx: &WorkerContext, message: JobMessage) -> Disposition {
             };
         }
     }
-    let started =
-        match job_db::begin_processing(&ctx.pool, &tenant.id, message.job_id, &ctx.worker_id).await
-        {
-            Ok(s) => s,
-            Err(e) => return database_down(e),
-        };
+    let started = match ctx.begin_processing(&tenant.id, message.job_id).await {
+        Ok(s) => s,
+        Err(e) => return database_down(e),
+    };
     let attempt = match started {
         StartOutcome::Started { attempt, .. } => attempt,
         StartOutcome::NoSlot => {
@@ -346,7 +344,9 @@ async fn record_finished(
     started_at: Instant,
 ) -> Settled {
     let clock = Instant::now();
-    let recorded = job_db::finish(&ctx.pool, &tenant.id, message.job_id, &outcome).await;
+    let recorded = ctx
+        .finish(&tenant.id, message.job_id, outcome.clone())
+        .await;
     if let Value::Object(t) = &mut outcome.timings {
         lap(t, "record", clock);
     }

@@ -618,6 +618,44 @@ pub async fn begin_processing(
     worker_id: &str,
 ) -> Result<StartOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let started = begin_in(&mut tx, tenant, job_id, worker_id).await?;
+    tx.commit().await?;
+    Ok(started)
+}
+
+/// [`begin_processing`] for many jobs in one transaction (one commit, each tenant's
+/// usage row locked once). Only a database error fails the call, for all of them.
+pub async fn begin_processing_many(
+    pool: &PgPool,
+    jobs: &[(TenantId, Uuid)],
+    worker_id: &str,
+) -> Result<Vec<StartOutcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut started: Vec<Option<StartOutcome>> = (0..jobs.len()).map(|_| None).collect();
+    for i in in_tenant_order(jobs.len(), |i| &jobs[i].0) {
+        let (tenant, job_id) = &jobs[i];
+        started[i] = Some(begin_in(&mut tx, tenant, *job_id, worker_id).await?);
+    }
+    tx.commit().await?;
+    Ok(started.into_iter().flatten().collect())
+}
+
+/// Indices `0..len` ordered by tenant: batches lock tenants' usage rows in one order,
+/// so two batches never wait on each other in a cycle.
+fn in_tenant_order<'a>(len: usize, tenant: impl Fn(usize) -> &'a TenantId) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.sort_by(|&a, &b| tenant(a).as_str().cmp(tenant(b).as_str()));
+    order
+}
+
+/// The writes of one start inside the caller's transaction. Refusals (no slot, ended,
+/// unknown) write nothing.
+async fn begin_in(
+    tx: &mut PgConnection,
+    tenant: &TenantId,
+    job_id: Uuid,
+    worker_id: &str,
+) -> Result<StartOutcome, sqlx::Error> {
     let row = sqlx::query(
         "SELECT j.status, j.holds_slot, d.reserved_bytes FROM jobs j JOIN documents d ON d.id = j.document_id
           WHERE j.tenant_id = $1 AND j.id = $2 FOR UPDATE OF j",
@@ -635,7 +673,7 @@ pub async fn begin_processing(
         return Ok(StartOutcome::AlreadyDone(status));
     }
     let holds_slot: bool = row.try_get("holds_slot")?;
-    if !holds_slot && !quota::acquire_processing_slot(&mut tx, tenant).await? {
+    if !holds_slot && !quota::acquire_processing_slot(tx, tenant).await? {
         return Ok(StartOutcome::NoSlot);
     }
     // clock_timestamp(), not now(): the moment the slot is held, not the start of the
@@ -652,9 +690,8 @@ pub async fn begin_processing(
     .bind(worker_id)
     .fetch_one(&mut *tx)
     .await?;
-    attempts::start(&mut tx, tenant, job_id, attempt, worker_id).await?;
+    attempts::start(tx, tenant, job_id, attempt, worker_id).await?;
     let reserved_bytes: i64 = row.try_get("reserved_bytes")?;
-    tx.commit().await?;
     Ok(StartOutcome::Started {
         attempt,
         reserved_bytes,
@@ -681,6 +718,46 @@ pub async fn finish(
     outcome: &Outcome,
 ) -> Result<Result<(), QuotaExceeded>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let finished = finish_in(&mut tx, tenant, job_id, outcome).await?;
+    if finished.is_ok() {
+        tx.commit().await?;
+    }
+    Ok(finished)
+}
+
+/// [`finish`] for many jobs in one transaction (one commit, each tenant's usage row
+/// locked once); a job whose measured size does not fit is undone to its savepoint
+/// and reported, the others are recorded. Only a database error fails the call.
+pub async fn finish_many(
+    pool: &PgPool,
+    jobs: &[(TenantId, Uuid, Outcome)],
+) -> Result<Vec<Result<(), QuotaExceeded>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut finished: Vec<Option<Result<(), QuotaExceeded>>> =
+        (0..jobs.len()).map(|_| None).collect();
+    for i in in_tenant_order(jobs.len(), |i| &jobs[i].0) {
+        let (tenant, job_id, outcome) = &jobs[i];
+        let mut one = Acquire::begin(&mut *tx).await?;
+        let result = finish_in(&mut one, tenant, *job_id, outcome).await?;
+        if result.is_ok() {
+            one.commit().await?;
+        } else {
+            one.rollback().await?;
+        }
+        finished[i] = Some(result);
+    }
+    tx.commit().await?;
+    Ok(finished.into_iter().flatten().collect())
+}
+
+/// The writes of one finish inside the caller's transaction; on a quota refusal the
+/// caller must undo them (roll back).
+async fn finish_in(
+    tx: &mut PgConnection,
+    tenant: &TenantId,
+    job_id: Uuid,
+    outcome: &Outcome,
+) -> Result<Result<(), QuotaExceeded>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT j.status, j.holds_slot, j.document_id, d.reserved_bytes, d.holds_quota
            FROM jobs j JOIN documents d ON d.id = j.document_id
@@ -702,7 +779,7 @@ pub async fn finish(
     let reserved: i64 = row.try_get("reserved_bytes")?;
     let holds_quota: bool = row.try_get("holds_quota")?;
     if holds_quota {
-        match quota::settle_storage(&mut tx, tenant, reserved, outcome.stored_bytes).await {
+        match quota::settle_storage(tx, tenant, reserved, outcome.stored_bytes).await {
             Ok(()) => {}
             Err(QuotaError::Exceeded(q)) => return Ok(Err(q)),
             Err(QuotaError::Sql(e)) => return Err(e),
@@ -720,7 +797,7 @@ pub async fn finish(
     .execute(&mut *tx)
     .await?;
     end_job(
-        &mut tx,
+        tx,
         tenant,
         job_id,
         row.try_get("holds_slot")?,
@@ -729,8 +806,7 @@ pub async fn finish(
         outcome,
     )
     .await?;
-    attempts::end_running_finished(&mut tx, tenant, job_id).await?;
-    tx.commit().await?;
+    attempts::end_running_finished(tx, tenant, job_id).await?;
     Ok(Ok(()))
 }
 
