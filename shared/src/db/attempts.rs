@@ -55,14 +55,7 @@ pub async fn start(
     attempt: i32,
     worker_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE job_attempts SET outcome = 'INTERRUPTED', ended_at = now()
-          WHERE tenant_id = $1 AND job_id = $2 AND outcome = 'RUNNING'",
-    )
-    .bind(tenant.as_str())
-    .bind(job_id)
-    .execute(&mut *conn)
-    .await?;
+    close_running(conn, tenant, job_id, "INTERRUPTED").await?;
     sqlx::query(
         "INSERT INTO job_attempts (tenant_id, job_id, attempt, worker_id) VALUES ($1, $2, $3, $4)",
     )
@@ -82,12 +75,23 @@ pub async fn end_running_finished(
     tenant: &TenantId,
     job_id: Uuid,
 ) -> Result<(), sqlx::Error> {
+    close_running(conn, tenant, job_id, AttemptOutcome::Finished.as_str()).await
+}
+
+/// Ends whatever attempt of the job is still RUNNING with `outcome`.
+async fn close_running(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    job_id: Uuid,
+    outcome: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE job_attempts SET outcome = 'FINISHED', ended_at = now()
+        "UPDATE job_attempts SET outcome = $3, ended_at = now()
           WHERE tenant_id = $1 AND job_id = $2 AND outcome = 'RUNNING'",
     )
     .bind(tenant.as_str())
     .bind(job_id)
+    .bind(outcome)
     .execute(conn)
     .await?;
     Ok(())
