@@ -38,6 +38,9 @@ struct Cli {
     /// Worker tasks of the main fleet.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Isolation modes of the tenants table.
+    #[arg(long, value_delimiter = ',', default_value = "partition,collection")]
+    modes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -249,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|t| *t <= max_tenants)
         .chain((max_tenants < 10_000 && max_tenants > 100).then_some(max_tenants))
     {
-        for mode in ["partition", "collection"] {
+        for mode in cli.modes.iter().map(String::as_str) {
             let f = Fleet::start(&services, cli.workers, &[]).await?;
             let p = load::pool(&f).await?;
             let setup = std::time::Instant::now();
