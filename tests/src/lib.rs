@@ -190,18 +190,21 @@ impl TestEnv {
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("request")
+        self.admin_send(reqwest::Method::POST, path, body).await
     }
 
     pub async fn admin_put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.admin_send(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
         self.http
-            .put(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .json(&body)
             .send()
