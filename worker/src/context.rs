@@ -1,5 +1,6 @@
 //! Everything a worker needs, shared by all worker tasks of a process.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,7 +93,7 @@ impl WorkerContext {
     }
 
     /// Marks a job PROCESSING (taking a slot), together with whatever other starts are
-    /// waiting: see [`job_db::begin_processing`].
+    /// waiting: see [`job_db::begin_processing_many`].
     pub async fn begin_processing(&self, tenant: &TenantId, job_id: Uuid) -> Started {
         self.starts
             .call((tenant.clone(), job_id))
@@ -101,7 +102,7 @@ impl WorkerContext {
     }
 
     /// Records a job FINISHED, together with whatever other finishes are waiting: see
-    /// [`job_db::finish`].
+    /// [`job_db::finish_many`].
     pub async fn finish(&self, tenant: &TenantId, job_id: Uuid, outcome: Outcome) -> Finished {
         self.finishes
             .call((tenant.clone(), job_id, outcome))
@@ -121,37 +122,46 @@ impl WorkerContext {
     }
 }
 
-/// Starts in one transaction; if that fails, each on its own, so every job gets its own
-/// outcome or error (a deadlock or one bad row does not fail the others).
 fn start_batcher(pool: PgPool, worker_id: String) -> Batcher<(TenantId, Uuid), Started> {
     Batcher::spawn(MAX_BATCH, move |jobs: Vec<(TenantId, Uuid)>| {
         let (pool, worker_id) = (pool.clone(), worker_id.clone());
-        async move {
-            if let Ok(started) = job_db::begin_processing_many(&pool, &jobs, &worker_id).await {
-                return started.into_iter().map(Ok).collect();
-            }
-            let mut one_by_one = Vec::with_capacity(jobs.len());
-            for (tenant, job_id) in &jobs {
-                one_by_one.push(job_db::begin_processing(&pool, tenant, *job_id, &worker_id).await);
-            }
-            one_by_one
-        }
+        all_or_each(jobs, move |jobs| {
+            let (pool, worker_id) = (pool.clone(), worker_id.clone());
+            async move { job_db::begin_processing_many(&pool, &jobs, &worker_id).await }
+        })
     })
 }
 
-/// Finishes in one transaction; if that fails, each on its own (as for starts).
 fn finish_batcher(pool: PgPool) -> Batcher<(TenantId, Uuid, Outcome), Finished> {
     Batcher::spawn(MAX_BATCH, move |jobs: Vec<(TenantId, Uuid, Outcome)>| {
         let pool = pool.clone();
-        async move {
-            if let Ok(finished) = job_db::finish_many(&pool, &jobs).await {
-                return finished.into_iter().map(Ok).collect();
-            }
-            let mut one_by_one = Vec::with_capacity(jobs.len());
-            for (tenant, job_id, outcome) in &jobs {
-                one_by_one.push(job_db::finish(&pool, tenant, *job_id, outcome).await);
-            }
-            one_by_one
-        }
+        all_or_each(jobs, move |jobs| {
+            let pool = pool.clone();
+            async move { job_db::finish_many(&pool, &jobs).await }
+        })
     })
+}
+
+/// Runs the batch in one transaction; if that fails, each job in a batch of its own, so
+/// every job gets its own outcome or error (a deadlock or one bad row does not fail the
+/// others).
+async fn all_or_each<Job, T, F, Fut>(jobs: Vec<Job>, run: F) -> Vec<Result<T, sqlx::Error>>
+where
+    Job: Clone,
+    F: Fn(Arc<[Job]>) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, sqlx::Error>>,
+{
+    let jobs: Arc<[Job]> = jobs.into();
+    if let Ok(all) = run(Arc::clone(&jobs)).await {
+        return all.into_iter().map(Ok).collect();
+    }
+    let mut each = Vec::with_capacity(jobs.len());
+    for job in jobs.iter() {
+        each.push(
+            run(Arc::from([job.clone()]))
+                .await
+                .and_then(|mut one| one.pop().ok_or(sqlx::Error::RowNotFound)),
+        );
+    }
+    each
 }

@@ -609,22 +609,10 @@ pub enum StartOutcome {
     Unknown,
 }
 
-/// Starts (or resumes, after a crash) processing a job: takes a PROCESSING_JOBS
-/// slot unless the job already holds one, counts the attempt.
-pub async fn begin_processing(
-    pool: &PgPool,
-    tenant: &TenantId,
-    job_id: Uuid,
-    worker_id: &str,
-) -> Result<StartOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let started = begin_in(&mut tx, tenant, job_id, worker_id).await?;
-    tx.commit().await?;
-    Ok(started)
-}
-
-/// [`begin_processing`] for many jobs in one transaction (one commit, each tenant's
-/// usage row locked once). Only a database error fails the call, for all of them.
+/// Starts (or resumes, after a crash) processing jobs, in one transaction (one commit,
+/// each tenant's usage row locked once): for each, takes a PROCESSING_JOBS slot unless
+/// the job already holds one and counts the attempt. Only a database error fails the
+/// call, for all of them.
 pub async fn begin_processing_many(
     pool: &PgPool,
     jobs: &[(TenantId, Uuid)],
@@ -707,27 +695,12 @@ pub struct Outcome {
     pub timings: Value,
 }
 
-/// Records a job FINISHED: settles its storage to the measured size, marks the
-/// document ingested, releases the slot, drops the kept text. If the measured size
-/// does not fit the tenant's storage quota, nothing is recorded and the refusal is
-/// returned (the caller removes the points and fails the job).
-pub async fn finish(
-    pool: &PgPool,
-    tenant: &TenantId,
-    job_id: Uuid,
-    outcome: &Outcome,
-) -> Result<Result<(), QuotaExceeded>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let finished = finish_in(&mut tx, tenant, job_id, outcome).await?;
-    if finished.is_ok() {
-        tx.commit().await?;
-    }
-    Ok(finished)
-}
-
-/// [`finish`] for many jobs in one transaction (one commit, each tenant's usage row
-/// locked once); a job whose measured size does not fit is undone to its savepoint
-/// and reported, the others are recorded. Only a database error fails the call.
+/// Records jobs FINISHED, in one transaction (one commit, each tenant's usage row
+/// locked once): for each, settles its storage to the measured size, marks the document
+/// ingested, releases the slot, drops the kept text. A job whose measured size does not
+/// fit the tenant's storage quota is undone to its savepoint and its refusal returned
+/// (the caller removes the points and fails the job); the others are recorded. Only a
+/// database error fails the call, for all of them.
 pub async fn finish_many(
     pool: &PgPool,
     jobs: &[(TenantId, Uuid, Outcome)],
