@@ -33,6 +33,10 @@ pub struct Fleet {
     amqp: String,
     _data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The environment the fleet runs with, for `worker` processes joining it.
+    env: Vec<(String, String)>,
+    /// `worker` processes started with [`Fleet::add_worker_processes`].
+    workers: Vec<Child>,
 }
 
 /// Runs in the child: a dispatcher with `workers` in-process workers, configured from
@@ -102,29 +106,33 @@ impl Fleet {
         let database_url = format!("{}/tenantry_bench_{id}", services.postgres);
         let prefix = format!("bench-{id}");
         let data_dir = tempfile::tempdir()?;
+        let mut env: Vec<(String, String)> = [
+            (config::ENV_DATABASE_URL, database_url.clone()),
+            (config::ENV_AMQP_URL, services.amqp.clone()),
+            (config::ENV_QUEUE_PREFIX, prefix.clone()),
+            (config::ENV_ADMIN_TOKEN, ADMIN_TOKEN.to_owned()),
+            (config::ENV_SIGNING_SECRET, SIGNING_SECRET.to_owned()),
+            (config::ENV_DATA_DIR, data_dir.path().display().to_string()),
+            (config::ENV_BATCH_MAX_ITEMS, "100".to_owned()),
+            (
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("fleet")
             .arg("--workers")
             .arg(workers.to_string())
             .args(hold.then_some("--hold"))
-            .env(config::ENV_DATABASE_URL, &database_url)
-            .env(config::ENV_AMQP_URL, &services.amqp)
-            .env(config::ENV_QUEUE_PREFIX, &prefix)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(config::ENV_HTTP_ADDR, "127.0.0.1:0")
-            .env(config::ENV_ADMIN_TOKEN, ADMIN_TOKEN)
-            .env(config::ENV_SIGNING_SECRET, SIGNING_SECRET)
-            .env(config::ENV_DATA_DIR, data_dir.path())
-            .env(config::ENV_BATCH_MAX_ITEMS, "100")
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into()),
-            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().context("starting the fleet process")?;
         let stdout = child.stdout.take().context("fleet stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -149,6 +157,8 @@ impl Fleet {
             http: tenantry::tls::http_client()
                 .pool_max_idle_per_host(256)
                 .build()?,
+            env,
+            workers: Vec::new(),
         };
         for _ in 0..600 {
             let ready = fleet.http.get(fleet.url("/readyz")).send().await;
@@ -166,6 +176,43 @@ impl Fleet {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Starts `count` `worker` processes (the real binary, beside this one) on this
+    /// fleet's database, broker prefix and vector store (which must be a server).
+    pub fn add_worker_processes(&mut self, count: usize) -> anyhow::Result<()> {
+        let binary = std::env::current_exe()?
+            .parent()
+            .context("the benchmark's directory")?
+            .join("worker");
+        for _ in 0..count {
+            let child = Command::new(&binary)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            self.workers.push(child);
+        }
+        Ok(())
+    }
+
+    /// What the CPU split measures for this fleet.
+    pub fn scope(&self) -> crate::cpu::Scope {
+        crate::cpu::Scope {
+            fleet_pids: self
+                .pid()
+                .into_iter()
+                .chain(self.workers.iter().filter_map(Child::id))
+                .collect(),
+            database: self
+                .database_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }
     }
 
     /// Resident memory now, and its peak so far (VmRSS, VmHWM), in MiB.
@@ -216,6 +263,20 @@ impl Fleet {
         results.into_iter().collect()
     }
 
+    /// Sets a tenant's quota overrides.
+    pub async fn set_quotas(&self, tenant: &str, overrides: Value) -> anyhow::Result<()> {
+        let r = self
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/v1/admin/tenants/{tenant}/quotas"),
+            )
+            .json(&overrides)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "set quotas: {}", r.text().await?);
+        Ok(())
+    }
+
     fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))
@@ -225,6 +286,20 @@ impl Fleet {
     /// Stops the child (closing its stdin asks it to drain and exit) and removes the
     /// fleet's database and broker topology.
     pub async fn stop(mut self) {
+        for worker in &mut self.workers {
+            if let Some(pid) = worker.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(30), worker.wait())
+                .await
+                .is_err()
+            {
+                let _ = worker.kill().await;
+            }
+        }
         drop(self.child.stdin.take());
         if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
@@ -233,6 +308,17 @@ impl Fleet {
             let _ = self.child.kill().await;
         }
         let _ = tenantry::db::drop_database(&self.database_url).await;
+        if let Some((_, url)) = self.env.iter().find(|(k, _)| k == config::ENV_QDRANT_URL)
+            && let Ok(store) = tenantry::vector::qdrant::QdrantStore::connect(
+                url,
+                self.env
+                    .iter()
+                    .find(|(k, _)| k == config::ENV_QDRANT_API_KEY)
+                    .map(|(_, v)| v.as_str()),
+            )
+        {
+            let _ = store.drop_fleet(&self.prefix).await;
+        }
         if let Ok(conn) = broker::connect(&self.amqp, "bench-cleanup").await {
             let _ = broker::delete_topology(&conn, &Topology::new(&self.prefix)).await;
             let _ = conn.close(200, "done".into()).await;

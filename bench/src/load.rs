@@ -2,6 +2,7 @@
 //! the fleet's own Postgres records (created → published → started → finished, and
 //! the worker's per-stage timings), so every figure is what the fleet recorded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 
+use crate::cpu::{self, Role};
 use crate::fleet::Fleet;
 use crate::stats::{mean, percentile};
 
@@ -93,6 +95,8 @@ pub struct Run {
     /// Mean ms per job: backlog (created → published), broker (published → started),
     /// then the worker's stages.
     pub stages: Vec<(String, f64)>,
+    /// CPU seconds each kind of process used during the run.
+    pub cpu: HashMap<Role, f64>,
 }
 
 impl Run {
@@ -104,6 +108,18 @@ impl Run {
     }
     pub fn p(&self, q: f64) -> f64 {
         percentile(&mut self.latency.clone(), q)
+    }
+    /// Milliseconds of `role`'s CPU per finished job.
+    pub fn cpu_ms_per_job(&self, role: Role) -> f64 {
+        self.cpu.get(&role).copied().unwrap_or(0.0) * 1000.0 / (self.jobs.max(1) as f64)
+    }
+    /// Milliseconds of machine CPU per job: every role but the benchmark's own client.
+    pub fn machine_ms_per_job(&self) -> f64 {
+        Role::ALL
+            .into_iter()
+            .filter(|r| *r != Role::Bench)
+            .map(|r| self.cpu_ms_per_job(r))
+            .sum()
     }
 }
 
@@ -118,11 +134,15 @@ pub async fn ingest(
     how: Submit,
 ) -> anyhow::Result<Run> {
     let before = ended(pool).await?;
+    let scope = fleet.scope();
+    let cpu_before = scope.snapshot();
     let started = Instant::now();
     let http = submit(fleet, keys, 0, docs, size, how).await?;
     wait_ended(pool, before + docs as i64).await?;
+    let cpu_after = scope.snapshot();
     let mut run = measure(pool, None).await?;
     run.http = http;
+    run.cpu = cpu::between(&cpu_before, &cpu_after);
     if run.wall.is_zero() {
         run.wall = started.elapsed();
     }

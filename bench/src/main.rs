@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tenantry::config;
 
 mod baseline;
+mod cpu;
 mod fleet;
 mod load;
 mod stats;
@@ -145,6 +146,29 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     rows.push(row("10 KB, POST /v1/jobs/batch", &big, raw_10k));
     truncate_jobs(&pool).await?;
+    // The production shape: one tenant of the standard plan, at its default
+    // PROCESSING_JOBS (10 jobs in flight at once); its document quota raised so the run fits.
+    let standard = fleet
+        .tenants("standard", 1, "collection", "standard")
+        .await?;
+    fleet
+        .set_quotas("standard-0", serde_json::json!({ "DOCUMENTS": 10_000_000 }))
+        .await?;
+    let alone = load::ingest(
+        &fleet,
+        &pool,
+        &standard,
+        docs,
+        1024,
+        Submit::Batch { concurrency: 4 },
+    )
+    .await?;
+    rows.push(row(
+        "1 KB batch, one standard tenant (10 in flight)",
+        &alone,
+        raw_1k,
+    ));
+    truncate_jobs(&pool).await?;
     let peak_rate = single.jobs_per_sec().max(batch.jobs_per_sec());
     let paced = load::paced(
         &fleet,
@@ -174,6 +198,27 @@ async fn main() -> anyhow::Result<()> {
         "p99 at half the peak rate: {} ms   goal < 100 ms\n",
         fmt(paced.p(99.0))
     );
+
+    // Machine CPU per job, by process.
+    let mut cpu_rows = vec![header(&[
+        "CPU ms per job",
+        "fleet",
+        "postgres",
+        "rabbitmq",
+        "qdrant",
+        "machine",
+        "bench client",
+    ])];
+    for (name, run) in [
+        ("1 KB single", &single),
+        ("1 KB batch", &batch),
+        ("10 KB batch", &big),
+        ("1 KB batch, one standard tenant", &alone),
+    ] {
+        cpu_rows.push(cpu_row(name, run));
+    }
+    print_table(&cpu_rows);
+    println!("(machine = every process but the benchmark's client; goal ≤ 1 ms per job at 1 KB)\n");
 
     // 3. Where the time goes.
     let mut stage_rows = vec![header(&[
@@ -219,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
         "p95 ms",
         "p99 ms",
         "ratio to raw",
+        "CPU ms/job",
         "peak RSS MiB",
     ])];
     for workers in [1, 2, 4] {
@@ -227,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         let k = f.tenants("scale", 1, "collection", "enterprise").await?;
         let run = load::ingest(&f, &p, &k, docs, 1024, Submit::Batch { concurrency: 4 }).await?;
         let mut r = row(&workers.to_string(), &run, raw_1k);
+        r.push(format!("{:.2}", run.machine_ms_per_job()));
         r.push(fmt(f.memory_mib().1));
         scale_rows.push(r);
         p.close().await;
@@ -234,6 +281,11 @@ async fn main() -> anyhow::Result<()> {
     }
     print_table(&scale_rows);
     println!();
+
+    // 4b. Worker processes on a Qdrant server, when one is configured.
+    if let Ok(url) = std::env::var(config::ENV_QDRANT_URL) {
+        qdrant_scale_out(&services, &url, docs, raw_1k).await?;
+    }
 
     // 5. Tenants sharing the load, in both isolation modes.
     let mut tenant_rows = vec![header(&[
@@ -383,12 +435,125 @@ async fn fairness(services: &Services, workers: usize, backlog: usize) -> anyhow
     Ok(())
 }
 
+/// `worker` processes on a Qdrant server: a backlog is built first, then N processes
+/// drain it (the rate is jobs over the time from starting them to the last finish).
+async fn qdrant_scale_out(
+    services: &Services,
+    url: &str,
+    docs: usize,
+    raw_1k: f64,
+) -> anyhow::Result<()> {
+    let mut extra = vec![
+        (config::ENV_VECTOR_BACKEND, "qdrant".to_owned()),
+        (config::ENV_QDRANT_URL, url.to_owned()),
+    ];
+    if let Ok(key) = std::env::var(config::ENV_QDRANT_API_KEY) {
+        extra.push((config::ENV_QDRANT_API_KEY, key));
+    }
+    let mut rows = vec![header(&[
+        "Qdrant server: drain",
+        "docs",
+        "jobs/s",
+        "ratio to raw",
+        "fleet",
+        "postgres",
+        "rabbitmq",
+        "qdrant",
+        "machine CPU ms/job",
+    ])];
+    let total = docs * 3;
+    let shapes: Vec<(String, usize, usize, &str)> = [1, 2, 4]
+        .into_iter()
+        .map(|n| {
+            (
+                format!("{n} worker process(es), 10 tenants"),
+                n,
+                10,
+                "enterprise",
+            )
+        })
+        .chain(std::iter::once((
+            "2 worker processes, one standard tenant".to_owned(),
+            2,
+            1,
+            "standard",
+        )))
+        .collect();
+    for (name, processes, tenants, plan) in shapes {
+        let mut f = Fleet::start(services, 0, &extra).await?;
+        let p = load::pool(&f).await?;
+        let keys = f.tenants("q", tenants, "collection", plan).await?;
+        for i in 0..tenants {
+            f.set_quotas(
+                &format!("q-{i}"),
+                serde_json::json!({ "DOCUMENTS": 10_000_000 }),
+            )
+            .await?;
+        }
+        let before = load::ended(&p).await?;
+        load::submit(&f, &keys, 0, total, 1024, Submit::Batch { concurrency: 4 }).await?;
+        let scope_before = {
+            f.add_worker_processes(processes)?;
+            f.scope().snapshot()
+        };
+        let started = std::time::Instant::now();
+        load::wait_ended(&p, before + total as i64).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let used = cpu::between(&scope_before, &f.scope().snapshot());
+        let per_job =
+            |role: cpu::Role| used.get(&role).copied().unwrap_or(0.0) * 1000.0 / total as f64;
+        let rate = total as f64 / elapsed.max(1e-9);
+        let machine: f64 = [
+            cpu::Role::Fleet,
+            cpu::Role::Postgres,
+            cpu::Role::RabbitMq,
+            cpu::Role::Qdrant,
+        ]
+        .into_iter()
+        .map(per_job)
+        .sum();
+        rows.push(vec![
+            name,
+            total.to_string(),
+            fmt(rate),
+            format!("{:.2}", rate / raw_1k),
+            format!("{:.3}", per_job(cpu::Role::Fleet)),
+            format!("{:.3}", per_job(cpu::Role::Postgres)),
+            format!("{:.3}", per_job(cpu::Role::RabbitMq)),
+            format!("{:.3}", per_job(cpu::Role::Qdrant)),
+            format!("{machine:.3}"),
+        ]);
+        p.close().await;
+        f.stop().await;
+    }
+    print_table(&rows);
+    println!(
+        "(the backlog is built before the worker processes start; fleet = dispatcher + workers)\n"
+    );
+    Ok(())
+}
+
 async fn truncate_jobs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     // Keeps later runs' percentiles to their own jobs: ended jobs move aside.
     sqlx::query("UPDATE jobs SET status = 'CANCELLED' WHERE status IN ('FINISHED', 'FAILED')")
         .execute(pool)
         .await?;
     Ok(())
+}
+
+fn cpu_row(name: &str, run: &load::Run) -> Vec<String> {
+    let mut cells = vec![name.to_owned()];
+    for role in [
+        cpu::Role::Fleet,
+        cpu::Role::Postgres,
+        cpu::Role::RabbitMq,
+        cpu::Role::Qdrant,
+    ] {
+        cells.push(format!("{:.3}", run.cpu_ms_per_job(role)));
+    }
+    cells.push(format!("{:.3}", run.machine_ms_per_job()));
+    cells.push(format!("{:.3}", run.cpu_ms_per_job(cpu::Role::Bench)));
+    cells
 }
 
 fn header(cells: &[&str]) -> Vec<String> {

@@ -105,52 +105,77 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
-        let key = ApiKey::parse(token)
-            .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
-        let hash = key.hash();
-        let cached = match state.keys.get(&hash) {
-            Some(c) => c,
-            None => {
-                let owner = db::keys::find_owner(&state.pool, &hash)
-                    .await?
-                    .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
-                let mut conn = state.pool.acquire().await?;
-                let tenant = db::tenants::get(&mut conn, &owner.tenant)
-                    .await?
-                    .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
-                let entry = Cached {
-                    caller: Caller {
-                        tenant,
-                        key_id: owner.key_id,
-                    },
-                    expires_at: owner.expires_at,
-                    fetched: Instant::now(),
-                };
-                state.keys.put(hash, entry.clone());
-                // Coarse usage marks; failures here must not fail the request.
-                let pool = state.pool.clone();
-                let (key_id, tenant_id) = (owner.key_id, owner.tenant.clone());
-                tokio::spawn(async move {
-                    let _ = db::keys::touch(&pool, key_id).await;
-                    let _ = db::tenants::touch(&pool, &tenant_id).await;
-                });
-                entry
-            }
-        };
-        if cached.expires_at.is_some_and(|at| at <= Utc::now()) {
-            return Err(ApiError::unauthorized("key_expired", "API key has expired"));
-        }
-        if cached.caller.tenant.status == TenantStatus::Inactive {
-            return Err(ApiError::unauthorized(
-                "tenant_inactive",
-                "the tenant is inactive; its keys are refused",
-            ));
-        }
+        let caller = authenticate(parts, state).await?;
         // Every authenticated tenant call counts against API_CALLS_PER_HOUR.
-        crate::rate_limit::admit(state, &cached.caller.tenant.id).await?;
-        Ok(cached.caller)
+        crate::rate_limit::admit(state, &caller.tenant.id).await?;
+        Ok(caller)
     }
+}
+
+/// An authenticated tenant whose call is not counted yet: a submission counts its call
+/// in the same transaction that records its documents (see `routes::jobs`). Only the
+/// per-process shaping of API_CALLS_PER_HOUR is applied here.
+#[derive(Debug, Clone)]
+pub struct Submitting(pub Caller);
+
+impl FromRequestParts<AppState> for Submitting {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = authenticate(parts, state).await?;
+        crate::rate_limit::shape(state, &caller.tenant.id)?;
+        Ok(Self(caller))
+    }
+}
+
+/// API key → tenant (cached briefly); refuses expired keys and inactive tenants.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let token = bearer(parts)?;
+    let key = ApiKey::parse(token)
+        .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+    let hash = key.hash();
+    let cached = match state.keys.get(&hash) {
+        Some(c) => c,
+        None => {
+            let owner = db::keys::find_owner(&state.pool, &hash)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+            let mut conn = state.pool.acquire().await?;
+            let tenant = db::tenants::get(&mut conn, &owner.tenant)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+            let entry = Cached {
+                caller: Caller {
+                    tenant,
+                    key_id: owner.key_id,
+                },
+                expires_at: owner.expires_at,
+                fetched: Instant::now(),
+            };
+            state.keys.put(hash, entry.clone());
+            // Coarse usage marks; failures here must not fail the request.
+            let pool = state.pool.clone();
+            let (key_id, tenant_id) = (owner.key_id, owner.tenant.clone());
+            tokio::spawn(async move {
+                let _ = db::keys::touch(&pool, key_id).await;
+                let _ = db::tenants::touch(&pool, &tenant_id).await;
+            });
+            entry
+        }
+    };
+    if cached.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::unauthorized("key_expired", "API key has expired"));
+    }
+    if cached.caller.tenant.status == TenantStatus::Inactive {
+        return Err(ApiError::unauthorized(
+            "tenant_inactive",
+            "the tenant is inactive; its keys are refused",
+        ));
+    }
+    Ok(cached.caller)
 }
 
 /// The admin, proven by `TENANTRY_ADMIN_TOKEN`.

@@ -5,6 +5,7 @@
 //! - [`routes`]: the route table and handlers (jobs, admin, ops).
 //! - [`auth`]: API key → tenant (cached briefly), admin token.
 //! - [`mover`]: moves tenants' points after an isolation mode switch.
+//! - [`submitter`]: group commit of submissions.
 //! - [`pump`]: publishes the Postgres backlog to the broker, fairly, with confirms.
 //! - [`webhooks`]: the webhook delivery loop over the Postgres outbox.
 //! - [`error`]: the one API error type and its stable codes.
@@ -21,6 +22,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod submitter;
 pub mod webhooks;
 
 pub use startup::Application;

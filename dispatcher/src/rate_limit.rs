@@ -82,7 +82,7 @@ impl CallShaper {
 
     /// Records the tenant's current limit; a new or changed limit gets a fresh
     /// limiter, charged with the call just counted.
-    fn learn(&self, tenant: &TenantId, limit: i64) {
+    pub(crate) fn learn(&self, tenant: &TenantId, limit: i64) {
         let Ok(mut limiters) = self.limiters.lock() else {
             return;
         };
@@ -116,8 +116,10 @@ impl CallShaper {
     }
 }
 
-/// Admits one call of `tenant`, counting it fleet-wide, or refuses it with 429.
-pub async fn admit(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
+/// Refuses, in memory, a call of a tenant this process has seen use up its allowance
+/// (429 `rate_limited`); the fleet-wide count is Postgres' ([`admit`], or a submission's
+/// own transaction).
+pub fn shape(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
     if let Some((wait, limit)) = state.calls.check(tenant) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Err(ApiError::new(
@@ -131,6 +133,12 @@ pub async fn admit(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
         .with_details(json!({ "resource": ResourceKind::ApiCallsPerHour, "limit": limit }))
         .with_retry_after(Duration::from_secs(secs.max(1))));
     }
+    Ok(())
+}
+
+/// Admits one call of `tenant`, counting it fleet-wide, or refuses it with 429.
+pub async fn admit(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
+    shape(state, tenant)?;
     // A transaction, so that the call crossing 80 % commits with its quota_warning.
     let mut tx = state.pool.begin().await?;
     let counted = quota::count_api_call(&mut tx, tenant).await?;

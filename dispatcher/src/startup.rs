@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use tenantry::broker::Topology;
+use tenantry::checkpoint::{self, Checkpointer};
 use tenantry::config::Settings;
 use tenantry::fleet::BrokerProbe;
 use tenantry::job::Signer;
@@ -24,6 +25,7 @@ use crate::pump::Pump;
 use crate::rate_limit::CallShaper;
 use crate::routes::router;
 use crate::state::{AppState, Inner};
+use crate::submitter::Submitter;
 use crate::webhooks::Deliverer;
 
 pub struct Application {
@@ -47,6 +49,17 @@ impl Application {
             .context("connecting to PostgreSQL")?;
         let store = vector::open(&settings).await?;
         let embedder = embed::from_settings(&settings.embedder)?;
+        // What the store's last checkpoint did not cover is re-derived before anything
+        // reads, writes or deletes in it.
+        checkpoint::recover_with_retry(
+            &pool,
+            store.as_ref(),
+            embedder.as_ref(),
+            &settings.queue_prefix,
+            stop,
+        )
+        .await
+        .context("stopped while recovering the vector store")?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
@@ -54,6 +67,7 @@ impl Application {
             keys: KeyCache::new(settings.auth_cache_ttl),
             calls: CallShaper::default(),
             topology: Topology::new(&settings.queue_prefix),
+            submitter: Submitter::spawn(pool.clone()),
             pool,
             embedder,
             store,
@@ -101,6 +115,7 @@ impl Application {
                 tenant: i64::from(settings.tenant_window),
                 fleet: i64::from(settings.fleet_window),
             },
+            jobs_per_message: settings.jobs_per_message,
             wake: state.pump_wake.clone(),
             broker_up: state.broker_up.clone(),
         };
@@ -113,6 +128,14 @@ impl Application {
             wake: state.move_wake.clone(),
         };
         let mover_task = tokio::spawn(mover.run(stop.child_token()));
+        let checkpoint_task = tokio::spawn(
+            Checkpointer {
+                pool: state.pool.clone(),
+                store: state.store.clone(),
+                period: settings.checkpoint_period,
+            }
+            .run(stop.child_token()),
+        );
         let webhook_task = if settings.webhook.delivery {
             let deliverer =
                 Deliverer::from_settings(settings, state.pool.clone(), state.metrics.clone())
@@ -143,6 +166,13 @@ impl Application {
         }
         let _ = pump_task.await;
         let _ = mover_task.await;
+        let _ = checkpoint_task.await;
+        // Once the workers have drained: the next start has nothing to recover.
+        if state.store.defers_durability()
+            && let Err(e) = checkpoint::checkpoint(&state.pool, state.store.as_ref()).await
+        {
+            tracing::warn!(error = %e, "The last checkpoint failed; the next start recovers.");
+        }
         if let Some(task) = webhook_task {
             let _ = task.await;
         }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::auth::KeyCache;
 use crate::rate_limit::CallShaper;
+use crate::submitter::Submitter;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -28,6 +29,8 @@ pub struct Inner {
     pub embedder: Arc<dyn Embedder>,
     pub store: SharedVectorStore,
     pub topology: Topology,
+    /// Records submissions, many calls per transaction.
+    pub submitter: Submitter,
     /// Wakes the pump when a job enters the backlog.
     pub pump_wake: Arc<Notify>,
     /// Wakes the mover when a tenant's isolation mode is switched.

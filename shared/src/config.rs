@@ -39,6 +39,14 @@ pub const ENV_MAX_ATTEMPTS: &str = "TENANTRY_MAX_ATTEMPTS";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "TENANTRY_SHUTDOWN_GRACE_SECS";
 pub const ENV_AUTH_CACHE_SECS: &str = "TENANTRY_AUTH_CACHE_SECS";
 pub const ENV_TENANT_WINDOW: &str = "TENANTRY_TENANT_WINDOW";
+/// Most jobs of one tenant the pump puts in one message.
+pub const ENV_JOBS_PER_MESSAGE: &str = "TENANTRY_JOBS_PER_MESSAGE";
+/// How often the embedded store is checkpointed (milliseconds).
+pub const ENV_CHECKPOINT_MS: &str = "TENANTRY_CHECKPOINT_MS";
+/// Collections the embedded store keeps open at most.
+pub const ENV_EDGE_MAX_OPEN: &str = "TENANTRY_EDGE_MAX_OPEN_COLLECTIONS";
+/// WAL segment size of the embedded store's collections (KiB).
+pub const ENV_EDGE_WAL_SEGMENT_KB: &str = "TENANTRY_EDGE_WAL_SEGMENT_KB";
 pub const ENV_FLEET_WINDOW: &str = "TENANTRY_FLEET_WINDOW";
 pub const ENV_HEARTBEAT_SECS: &str = "TENANTRY_HEARTBEAT_SECS";
 pub const ENV_LOG_FORMAT: &str = "TENANTRY_LOG_FORMAT";
@@ -242,6 +250,13 @@ pub struct Settings {
     /// Jobs of the whole fleet the pumps aim to keep on the broker; a tenant may use
     /// its weighted share of it while the fleet is below it.
     pub fleet_window: u32,
+    /// Most jobs of one tenant in one message: a message is a group of jobs, started,
+    /// embedded, upserted and finished together.
+    pub jobs_per_message: usize,
+    /// How often the embedded store is checkpointed (see `tenantry::checkpoint`).
+    pub checkpoint_period: Duration,
+    /// Options of the embedded store.
+    pub edge: crate::vector::edge::EdgeOptions,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
     /// Where a `worker` process serves `/metrics`; None: not at all.
@@ -445,6 +460,36 @@ impl Settings {
             )?),
             tenant_window: parse_num(&get, ENV_TENANT_WINDOW, 8u32, 1, 100_000)?,
             fleet_window: parse_num(&get, ENV_FLEET_WINDOW, 256u32, 1, 1_000_000)?,
+            jobs_per_message: parse_num(
+                &get,
+                ENV_JOBS_PER_MESSAGE,
+                16usize,
+                1,
+                crate::job::MAX_JOBS_PER_MESSAGE,
+            )?,
+            checkpoint_period: Duration::from_millis(parse_num(
+                &get,
+                ENV_CHECKPOINT_MS,
+                2000u64,
+                10,
+                3_600_000,
+            )?),
+            edge: crate::vector::edge::EdgeOptions {
+                max_open: parse_num(
+                    &get,
+                    ENV_EDGE_MAX_OPEN,
+                    crate::vector::edge::DEFAULT_MAX_OPEN,
+                    1,
+                    100_000,
+                )?,
+                wal_segment_bytes: parse_num(
+                    &get,
+                    ENV_EDGE_WAL_SEGMENT_KB,
+                    crate::vector::edge::WAL_SEGMENT_BYTES / 1024,
+                    64,
+                    1024 * 1024,
+                )? * 1024,
+            },
             worker: WorkerSettings {
                 prefetch: parse_num(&get, ENV_WORKER_PREFETCH, 32u16, 1, 10_000)?,
                 concurrency: parse_num(&get, ENV_WORKER_CONCURRENCY, 1usize, 1, 1024)?,

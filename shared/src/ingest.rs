@@ -89,29 +89,40 @@ pub fn estimate_bytes(
     stored_bytes(&chunk_payloads(doc, text, params), dimension)
 }
 
+/// The text each payload's vector is made from.
+pub fn payload_text(payload: &Map<String, Value>) -> &str {
+    payload
+        .get(tenancy::TEXT_KEY)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Points with deterministic ids from payloads and their vectors, in order.
+pub fn points(
+    doc: DocumentRef<'_>,
+    payloads: Vec<Map<String, Value>>,
+    vectors: Vec<Vec<f32>>,
+    model: &str,
+) -> Vec<PointRecord> {
+    payloads
+        .into_iter()
+        .zip(vectors)
+        .enumerate()
+        .map(|(i, (payload, vector))| PointRecord {
+            id: tenancy::point_id(doc.tenant, doc.document_id, i as u32, model),
+            vector,
+            payload,
+        })
+        .collect()
+}
+
 /// Embeds payloads into points with deterministic ids.
 pub async fn embed_points(
     doc: DocumentRef<'_>,
     payloads: Vec<Map<String, Value>>,
     embedder: &dyn Embedder,
 ) -> Result<Vec<PointRecord>, EmbedError> {
-    let texts: Vec<&str> = payloads
-        .iter()
-        .map(|p| {
-            p.get(tenancy::TEXT_KEY)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        })
-        .collect();
+    let texts: Vec<&str> = payloads.iter().map(payload_text).collect();
     let vectors = embedder.embed(&texts).await?;
-    Ok(payloads
-        .into_iter()
-        .zip(vectors)
-        .enumerate()
-        .map(|(i, (payload, vector))| PointRecord {
-            id: tenancy::point_id(doc.tenant, doc.document_id, i as u32, embedder.model()),
-            vector,
-            payload,
-        })
-        .collect())
+    Ok(points(doc, payloads, vectors, embedder.model()))
 }

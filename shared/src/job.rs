@@ -12,15 +12,15 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::chunk::{ChunkParamError, ChunkParams, ChunkStrategy};
-use crate::tenancy::{DatabaseName, TenantId};
+use crate::tenancy::TenantId;
 
 /// Version of [`JobMessage`] this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// AMQP header holding `v1=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "x-tenantry-signature";
 /// AMQP header repeating the tenant for operators' eyes only; never trusted.
@@ -118,6 +118,16 @@ pub struct JobOptions {
 }
 
 impl JobOptions {
+    /// Options that resolve to exactly `params` whatever the tenant's defaults: what a
+    /// finished job records, so its points can be re-derived as they were made.
+    pub fn pinned(params: &ChunkParams) -> Self {
+        Self {
+            chunk_size: Some(params.size()),
+            chunk_overlap: Some(params.overlap()),
+            chunking_strategy: Some(params.strategy()),
+        }
+    }
+
     /// The chunk parameters of this job given the tenant's defaults, validated with
     /// the same ranges as the tenant configuration.
     pub fn resolve(&self, tenant_default: &ChunkParams) -> Result<ChunkParams, ChunkParamError> {
@@ -129,24 +139,43 @@ impl JobOptions {
     }
 }
 
-/// The message a worker receives. Additive fields may appear within a version
-/// (unknown fields are ignored); anything else needs a new `schema_version`.
+/// Most jobs one message may carry (the pump puts far fewer in one: see
+/// `TENANTRY_JOBS_PER_MESSAGE`); a message naming more is refused unread.
+pub const MAX_JOBS_PER_MESSAGE: usize = 1000;
+
+/// The message a worker receives: a group of one tenant's jobs, named by id. The jobs'
+/// text, metadata and options are read from Postgres (the log of record) when the
+/// worker starts them, so the message is small whatever the documents, and nothing in
+/// it but the tenant and the ids is believed — and those only once its signature checks.
+///
+/// Version 2. Additive fields may appear within a version (unknown fields are ignored);
+/// anything else needs a new `schema_version`. Version 1 (one job, with its text) is
+/// still read, as a group of one, so a fleet can roll with messages in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMessage {
     pub schema_version: u32,
-    pub job_id: Uuid,
     pub tenant_id: TenantId,
-    pub document_id: Uuid,
-    pub database: DatabaseName,
-    pub source_type: String,
-    pub text: String,
-    #[serde(default)]
-    pub metadata: Map<String, Value>,
-    #[serde(default)]
-    pub options: JobOptions,
-    #[serde(default)]
-    pub priority: Priority,
+    pub jobs: Vec<JobRef>,
+    /// When the oldest job of the group was submitted.
     pub submitted_at: DateTime<Utc>,
+}
+
+/// One job of a [`JobMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    pub job_id: Uuid,
+    /// The W3C trace context of the request that submitted the job, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// Version 1 of the message: one job, carrying its document. Only read, and only
+/// for the job's id (its document is read from Postgres like any other).
+#[derive(Debug, Deserialize)]
+struct MessageV1 {
+    job_id: Uuid,
+    tenant_id: TenantId,
+    submitted_at: DateTime<Utc>,
 }
 
 /// Why a message could not be accepted as a job. Each is permanent: it goes to the
@@ -159,7 +188,7 @@ pub enum MessageError {
     NotJson(String),
     #[error("message has no schema_version")]
     NoVersion,
-    #[error("unknown schema_version {0} (this worker reads {SCHEMA_VERSION})")]
+    #[error("unknown schema_version {0} (this worker reads 1 and {SCHEMA_VERSION})")]
     UnknownVersion(u64),
     #[error("message is malformed: {0}")]
     Malformed(String),
@@ -188,24 +217,51 @@ impl JobMessage {
         let Value::Object(ref fields) = value else {
             return Err(MessageError::NotJson("top level is not an object".into()));
         };
-        match fields.get("schema_version") {
+        let version = match fields.get("schema_version") {
             None => return Err(MessageError::NoVersion),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-                Some(v) => return Err(MessageError::UnknownVersion(v)),
-                None => {
-                    return Err(MessageError::Malformed(
-                        "schema_version is not a whole number".into(),
-                    ));
-                }
-            },
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                MessageError::Malformed("schema_version is not a whole number".into())
+            })?,
             Some(_) => {
                 return Err(MessageError::Malformed(
                     "schema_version is not a number".into(),
                 ));
             }
+        };
+        let malformed = |e: serde_json::Error| MessageError::Malformed(e.to_string());
+        let message = match version {
+            1 => {
+                let v1: MessageV1 = serde_json::from_value(value).map_err(malformed)?;
+                Self {
+                    schema_version: SCHEMA_VERSION,
+                    tenant_id: v1.tenant_id,
+                    jobs: vec![JobRef {
+                        job_id: v1.job_id,
+                        traceparent: None,
+                    }],
+                    submitted_at: v1.submitted_at,
+                }
+            }
+            2 => serde_json::from_value(value).map_err(malformed)?,
+            other => return Err(MessageError::UnknownVersion(other)),
+        };
+        if message.jobs.is_empty() || message.jobs.len() > MAX_JOBS_PER_MESSAGE {
+            return Err(MessageError::Malformed(format!(
+                "a message names 1–{MAX_JOBS_PER_MESSAGE} jobs, this one {}",
+                message.jobs.len()
+            )));
         }
-        serde_json::from_value(value).map_err(|e| MessageError::Malformed(e.to_string()))
+        let mut ids: Vec<Uuid> = message.jobs.iter().map(|j| j.job_id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(MessageError::Malformed("a job is named twice".into()));
+        }
+        Ok(message)
+    }
+
+    /// The ids of the message's jobs, in order.
+    pub fn job_ids(&self) -> Vec<Uuid> {
+        self.jobs.iter().map(|j| j.job_id).collect()
     }
 }
 
@@ -258,22 +314,21 @@ mod tests {
     use super::*;
 
     fn sample() -> JobMessage {
-        let mut metadata = Map::new();
-        metadata.insert("lang".into(), Value::String("fr".into()));
         JobMessage {
             schema_version: SCHEMA_VERSION,
-            job_id: Uuid::new_v4(),
             tenant_id: TenantId::parse("acme").unwrap(),
-            document_id: Uuid::new_v4(),
-            database: DatabaseName::default_name(),
-            source_type: "text".into(),
-            text: "Bonjour 🌍. Ça va?".into(),
-            metadata,
-            options: JobOptions {
-                chunk_size: Some(800),
-                ..Default::default()
-            },
-            priority: Priority::High,
+            jobs: vec![
+                JobRef {
+                    job_id: Uuid::new_v4(),
+                    traceparent: Some(
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                    ),
+                },
+                JobRef {
+                    job_id: Uuid::new_v4(),
+                    traceparent: None,
+                },
+            ],
             submitted_at: Utc::now(),
         }
     }
@@ -283,8 +338,24 @@ mod tests {
         let msg = sample();
         let bytes = msg.to_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.contains("\"schema_version\":1"));
+        assert!(text.contains("\"schema_version\":2"));
         assert_eq!(JobMessage::from_bytes(&bytes, 1 << 20).unwrap(), msg);
+        assert_eq!(msg.job_ids().len(), 2);
+    }
+
+    #[test]
+    fn version_one_is_read_as_a_group_of_one() {
+        let job_id = Uuid::new_v4();
+        let v1 = serde_json::json!({
+            "schema_version": 1, "job_id": job_id, "tenant_id": "acme",
+            "document_id": Uuid::new_v4(), "database": "default", "source_type": "text",
+            "text": "Bonjour 🌍.", "metadata": {}, "options": {}, "priority": "high",
+            "submitted_at": "2026-11-27T08:00:00Z",
+        });
+        let msg = JobMessage::from_bytes(&serde_json::to_vec(&v1).unwrap(), 1 << 20).unwrap();
+        assert_eq!(msg.tenant_id.as_str(), "acme");
+        assert_eq!(msg.job_ids(), vec![job_id]);
+        assert_eq!(msg.schema_version, SCHEMA_VERSION);
     }
 
     #[test]
@@ -310,8 +381,8 @@ mod tests {
             Err(MessageError::NoVersion)
         );
         assert_eq!(
-            JobMessage::from_bytes(br#"{"schema_version":2}"#, limit),
-            Err(MessageError::UnknownVersion(2))
+            JobMessage::from_bytes(br#"{"schema_version":3}"#, limit),
+            Err(MessageError::UnknownVersion(3))
         );
         assert!(matches!(
             JobMessage::from_bytes(br#"{"schema_version":"1"}"#, limit),
@@ -325,6 +396,18 @@ mod tests {
         assert!(matches!(
             JobMessage::from_bytes(&big, 10),
             Err(MessageError::Oversized { .. })
+        ));
+        let mut empty = sample();
+        empty.jobs.clear();
+        assert!(matches!(
+            JobMessage::from_bytes(&empty.to_bytes(), limit),
+            Err(MessageError::Malformed(_))
+        ));
+        let mut twice = sample();
+        twice.jobs[1].job_id = twice.jobs[0].job_id;
+        assert!(matches!(
+            JobMessage::from_bytes(&twice.to_bytes(), limit),
+            Err(MessageError::Malformed(_))
         ));
     }
 

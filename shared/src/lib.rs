@@ -16,13 +16,20 @@
 //! - [`metrics`]: metric names, the process registry, the text exposition.
 //! - [`fleet`]: queues, per-tenant backlog, live workers: what operators watch.
 //! - [`webhook`]: notification events, their signature, the SSRF rule, the sender.
+//! - [`failpoint`]: named crash points for the crash tests.
+//! - [`batch`]: group commit (many callers' items through one transaction).
+//! - [`checkpoint`]: the embedded store's durability: checkpoints, and recovery of what
+//!   the last one did not cover, re-derived from Postgres.
 
 pub mod api_key;
+pub mod batch;
 pub mod broker;
+pub mod checkpoint;
 pub mod chunk;
 pub mod config;
 pub mod db;
 pub mod embed;
+pub mod failpoint;
 pub mod fleet;
 pub mod ingest;
 pub mod job;

@@ -250,38 +250,6 @@ pub async fn settle_storage(
     .into())
 }
 
-/// Takes one of the tenant's fleet-wide PROCESSING_JOBS slots; false if all are taken.
-pub async fn acquire_processing_slot(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(
-        "UPDATE tenant_usage u
-            SET processing_jobs = u.processing_jobs + 1
-           FROM tenant_limits l
-          WHERE u.tenant_id = $1 AND l.tenant_id = u.tenant_id
-            AND u.processing_jobs + 1 <= l.processing_jobs
-      RETURNING u.processing_jobs",
-    )
-    .bind(tenant.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.is_some())
-}
-
-pub async fn release_processing_slot(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE tenant_usage SET processing_jobs = processing_jobs - 1 WHERE tenant_id = $1",
-    )
-    .bind(tenant.as_str())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Takes one VECTOR_COLLECTIONS unit for a new database of the tenant.
 pub async fn reserve_collection(
     conn: &mut PgConnection,
@@ -317,6 +285,138 @@ pub async fn reserve_collection(
         requested: 1,
     }
     .into())
+}
+
+/// A usage counter crossing [`WARNING_PERCENT`]: a `quota_warning` is due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crossing {
+    pub resource: ResourceKind,
+    pub limit: i64,
+    /// Usage after the change, in the resource's units (whole MiB for STORAGE_MB).
+    pub used: i64,
+    pub percentage: f64,
+}
+
+/// One tenant's counters and limits, read under the row locks of a group of
+/// reservations (every submission a dispatcher commits together). Each reservation
+/// is decided here, in order, against what the ones before it took, so the group
+/// never takes more than the limits allow; the caller then writes the final counters
+/// back in one statement and commits. The same arithmetic as the single-statement
+/// reservations above, for many at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ledger {
+    pub limits: Limits,
+    pub documents: i64,
+    pub storage_bytes: i64,
+    pub collections: i64,
+    /// Calls counted in the current clock hour.
+    pub api_calls: i64,
+    /// Seconds until the next clock hour (the `Retry-After` of a refused call).
+    pub secs_to_next_hour: i64,
+    /// Warnings due for what this ledger reserved.
+    pub crossings: Vec<Crossing>,
+}
+
+impl Ledger {
+    /// Counts one API call, or refuses it (the hour's allowance is used up).
+    pub fn count_call(&mut self) -> Result<(), QuotaExceeded> {
+        let limit = self.limits.api_calls_per_hour;
+        if self.api_calls + 1 > limit {
+            return Err(QuotaExceeded {
+                resource: ResourceKind::ApiCallsPerHour,
+                limit,
+                used: self.api_calls.max(limit),
+                requested: 1,
+            });
+        }
+        self.api_calls += 1;
+        self.note(
+            ResourceKind::ApiCallsPerHour,
+            self.api_calls - 1,
+            self.api_calls,
+        );
+        Ok(())
+    }
+
+    /// Takes one VECTOR_COLLECTIONS unit (a database's first document).
+    pub fn reserve_collection(&mut self) -> Result<(), QuotaExceeded> {
+        let limit = self.limits.vector_collections;
+        if self.collections + 1 > limit {
+            return Err(QuotaExceeded {
+                resource: ResourceKind::VectorCollections,
+                limit,
+                used: self.collections,
+                requested: 1,
+            });
+        }
+        self.collections += 1;
+        self.note(
+            ResourceKind::VectorCollections,
+            self.collections - 1,
+            self.collections,
+        );
+        Ok(())
+    }
+
+    /// Takes one document and `bytes` of storage, or says which of the two is full.
+    pub fn reserve_document(&mut self, bytes: i64) -> Result<(), QuotaExceeded> {
+        let (docs_limit, storage_mb) = (self.limits.documents, self.limits.storage_mb);
+        if self.documents + 1 > docs_limit {
+            return Err(QuotaExceeded {
+                resource: ResourceKind::Documents,
+                limit: docs_limit,
+                used: self.documents,
+                requested: 1,
+            });
+        }
+        if self.storage_bytes + bytes > storage_mb * BYTES_PER_MB {
+            return Err(QuotaExceeded {
+                resource: ResourceKind::StorageMb,
+                limit: storage_mb,
+                used: megabytes(self.storage_bytes),
+                requested: megabytes(bytes),
+            });
+        }
+        self.documents += 1;
+        self.storage_bytes += bytes;
+        self.note(ResourceKind::Documents, self.documents - 1, self.documents);
+        self.note_storage(self.storage_bytes - bytes, self.storage_bytes);
+        Ok(())
+    }
+
+    /// Gives back a collection taken by [`Self::reserve_collection`] in this group (its
+    /// database got no document after all).
+    pub fn unreserve_collection(&mut self) {
+        self.collections -= 1;
+        self.crossings.retain(|c| {
+            c.resource != ResourceKind::VectorCollections || c.used <= self.collections
+        });
+    }
+
+    fn note(&mut self, resource: ResourceKind, before: i64, after: i64) {
+        let limit = self.limits.of(resource);
+        if crosses_warning(before as f64, after as f64, limit as f64) {
+            self.crossings.push(Crossing {
+                resource,
+                limit,
+                used: after,
+                percentage: percentage(after as f64, limit as f64),
+            });
+        }
+    }
+
+    fn note_storage(&mut self, before: i64, after: i64) {
+        let limit_mb = self.limits.storage_mb;
+        let limit = (limit_mb * BYTES_PER_MB) as f64;
+        if crosses_warning(before as f64, after as f64, limit) {
+            self.crossings.push(Crossing {
+                resource: ResourceKind::StorageMb,
+                limit: limit_mb,
+                used: megabytes(after),
+                percentage: percentage(after as f64, limit),
+            });
+        }
+    }
 }
 
 /// Largest limit an override may set (keeps `STORAGE_MB × 1 MiB` far inside `i64`).
@@ -595,5 +695,56 @@ mod tests {
         let view = tenant_quotas(&tenant, &limits, &idle);
         assert!(!view.is_over_limit);
         assert!(view.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_ledger_takes_in_order_and_refuses_what_does_not_fit() {
+        let limits = Limits {
+            documents: 3,
+            storage_mb: 1,
+            api_calls_per_hour: 2,
+            processing_jobs: 10,
+            vector_collections: 1,
+        };
+        let mut ledger = Ledger {
+            limits,
+            documents: 1,
+            storage_bytes: 0,
+            collections: 0,
+            api_calls: 1,
+            secs_to_next_hour: 60,
+            crossings: Vec::new(),
+        };
+        assert_eq!(ledger.count_call(), Ok(()));
+        let refused = ledger.count_call().unwrap_err();
+        assert_eq!(refused.resource, ResourceKind::ApiCallsPerHour);
+        assert_eq!((refused.limit, refused.used), (2, 2));
+        assert_eq!(ledger.reserve_collection(), Ok(()));
+        assert_eq!(
+            ledger.reserve_collection().unwrap_err().resource,
+            ResourceKind::VectorCollections
+        );
+        let too_big = ledger.reserve_document(BYTES_PER_MB + 1).unwrap_err();
+        assert_eq!(too_big.resource, ResourceKind::StorageMb);
+        assert_eq!(ledger.documents, 1, "a refusal takes nothing");
+        assert_eq!(ledger.reserve_document(BYTES_PER_MB / 2), Ok(()));
+        assert_eq!(ledger.reserve_document(BYTES_PER_MB / 2), Ok(()));
+        let full = ledger.reserve_document(0).unwrap_err();
+        assert_eq!((full.resource, full.used), (ResourceKind::Documents, 3));
+        assert_eq!(ledger.storage_bytes, BYTES_PER_MB);
+        // 2/2 calls, 1/1 collection, 3/3 documents (2/3 is below 80 %), 1/1 MiB.
+        let kinds: Vec<ResourceKind> = ledger.crossings.iter().map(|c| c.resource).collect();
+        assert_eq!(
+            kinds,
+            [
+                ResourceKind::ApiCallsPerHour,
+                ResourceKind::VectorCollections,
+                ResourceKind::Documents,
+                ResourceKind::StorageMb,
+            ]
+        );
+        ledger.unreserve_collection();
+        assert_eq!(ledger.collections, 0);
+        assert_eq!(ledger.crossings.len(), 3);
     }
 }

@@ -219,6 +219,12 @@ pub fn partition_collection_name(fleet: &str, database: &DatabaseName) -> String
     format!("{}_p_{}", fleet_component(fleet), database.as_str())
 }
 
+/// What every collection name of `fleet` (both modes) starts with, and no other fleet's
+/// does: for removing a whole fleet's collections (benchmarks, tests).
+pub fn fleet_collection_prefix(fleet: &str) -> String {
+    format!("{}_", fleet_component(fleet))
+}
+
 /// The fleet prefix as it appears in collection names: length-prefixed too, so that
 /// prefixes containing `_c…` or `_p_` cannot make two fleets' names meet. A prefix of only
 /// letters, digits, `-` and `_` appears as itself (`f{len}_{prefix}`); any other (a `.` is

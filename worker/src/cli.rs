@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tenantry::broker::Topology;
+use tenantry::checkpoint::{self, Checkpointer};
 use tenantry::config::Settings;
 use tenantry::metrics::Metrics;
 use tenantry::{db, embed, vector};
@@ -79,17 +80,39 @@ async fn run(args: Args, settings: Settings) -> std::process::ExitCode {
             .context("connecting to PostgreSQL")?;
         let store = vector::open(&settings).await?;
         let embedder = embed::from_settings(&settings.embedder)?;
+        let fleet = settings.queue_prefix.clone();
+        if checkpoint::recover_with_retry(&pool, store.as_ref(), embedder.as_ref(), &fleet, &stop)
+            .await
+            .is_none()
+        {
+            return Ok(());
+        }
+        let checkpoints = tokio::spawn(
+            Checkpointer {
+                pool: pool.clone(),
+                store: Arc::clone(&store),
+                period: settings.checkpoint_period,
+            }
+            .run(stop.child_token()),
+        );
         let resources = Resources {
             settings,
-            pool,
-            store,
+            pool: pool.clone(),
+            store: Arc::clone(&store),
             embedder,
             on_job_end: None,
             metrics: Arc::clone(&metrics),
             mode: Mode::Process,
             metrics_addr,
         };
-        run_workers(resources, count, stop.clone()).await
+        let ran = run_workers(resources, count, stop.clone()).await;
+        let _ = checkpoints.await;
+        if store.defers_durability()
+            && let Err(e) = checkpoint::checkpoint(&pool, store.as_ref()).await
+        {
+            tracing::warn!(error = %e, "The last checkpoint failed; the next start recovers.");
+        }
+        ran
     }
     .await;
     match result {

@@ -1,8 +1,12 @@
 //! A worker task: one broker connection, one consumer on the jobs queue with bounded
-//! prefetch and manual acks, up to `TENANTRY_WORKER_IN_FLIGHT` jobs processed at once.
-//! Reconnects with backoff when the broker goes away; on stop, finishes the jobs in
+//! prefetch and manual acks, up to `TENANTRY_WORKER_IN_FLIGHT` messages (each a group
+//! of one tenant's jobs) processed at once. Settled messages are acknowledged in runs
+//! (`multiple`), never before everything published on their behalf is confirmed.
+//! Reconnects with backoff when the broker goes away; on stop, finishes the messages in
 //! hand, acknowledges them, cancels its consumer and closes (unacknowledged prefetched
 //! messages go back to the queue).
+
+use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -11,12 +15,12 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tenantry::broker::{self, BrokerError, ConfirmedPublisher, Outgoing, header_str};
-use tenantry::job::{SIGNATURE_HEADER, TENANT_HEADER};
+use tenantry::job::{JobMessage, SIGNATURE_HEADER, TENANT_HEADER};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::context::WorkerContext;
-use crate::pipeline::{Disposition, process};
+use crate::pipeline::{Action, process};
 
 /// Runs worker task `index` until `stop`.
 pub async fn run(ctx: &WorkerContext, index: usize, stop: CancellationToken) {
@@ -56,6 +60,7 @@ async fn serve(
         .in_flight
         .clamp(1, usize::from(ctx.settings.worker.prefetch.max(1)));
     let mut in_hand = FuturesUnordered::new();
+    let mut acks = Acks::default();
     loop {
         let next = tokio::select! {
             // Stop first: a prefetched delivery is ready at once, and must not win
@@ -63,7 +68,7 @@ async fn serve(
             biased;
             _ = stop.cancelled() => break,
             Some(settled) = in_hand.next() => {
-                settled?;
+                acks.settle(&channel, settled?).await?;
                 continue;
             }
             next = consumer.next(), if in_hand.len() < limit => next,
@@ -73,16 +78,55 @@ async fn serve(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(BrokerError::ConsumerClosed),
         };
+        acks.received(delivery.delivery_tag);
         in_hand.push(handle(ctx, &publisher, delivery));
     }
-    // Stopping: no new deliveries are taken; the jobs in hand finish and are settled.
+    // Stopping: no new deliveries are taken; the messages in hand finish and are settled.
     while let Some(settled) = in_hand.next().await {
-        settled?;
+        acks.settle(&channel, settled?).await?;
     }
     drop(in_hand);
     stop_consuming(&channel, tag).await;
     publisher.close().await;
     Ok(())
+}
+
+/// Delivery tags received and not yet acknowledged, and those of them settled. A
+/// settled message is acknowledged together with the ones before it, with one
+/// `multiple` ack, once none before it is still being processed.
+#[derive(Debug, Default)]
+struct Acks {
+    outstanding: BTreeSet<u64>,
+    settled: BTreeSet<u64>,
+}
+
+impl Acks {
+    fn received(&mut self, tag: u64) {
+        self.outstanding.insert(tag);
+    }
+
+    /// Marks `tag` settled; the highest tag that may now be acknowledged with `multiple`.
+    fn settled_through(&mut self, tag: u64) -> Option<u64> {
+        self.settled.insert(tag);
+        let mut through = None;
+        while let Some(&first) = self.outstanding.first() {
+            if !self.settled.remove(&first) {
+                break;
+            }
+            self.outstanding.pop_first();
+            through = Some(first);
+        }
+        through
+    }
+
+    async fn settle(&mut self, channel: &Channel, tag: u64) -> Result<(), BrokerError> {
+        if let Some(through) = self.settled_through(tag) {
+            channel
+                .basic_ack(through, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Stops deliveries and closes the channel (which returns any prefetched,
@@ -95,41 +139,80 @@ async fn stop_consuming(channel: &Channel, tag: &str) {
     let _ = channel.close(200, "worker stopping".into()).await;
 }
 
-/// Processes one delivery to completion, then settles it with the broker. Anything
-/// published on its behalf (a delayed copy, a dead letter) is confirmed before the
-/// original is acknowledged, so a crash in between duplicates, never loses.
+/// Processes one delivery to completion and publishes what it asks for (a delayed copy,
+/// dead letters), each confirmed. Returns the delivery's tag, to be acknowledged: a
+/// crash before that duplicates, never loses.
 async fn handle(
     ctx: &WorkerContext,
     publisher: &ConfirmedPublisher,
     delivery: Delivery,
-) -> Result<(), BrokerError> {
+) -> Result<u64, BrokerError> {
     let _in_hand = ctx.metrics.in_flight_guard();
     let signature = header_str(&delivery.properties, SIGNATURE_HEADER).map(str::to_owned);
     let disposition = process(ctx, &delivery.data, signature.as_deref()).await;
-    let copy = |reason: Option<String>, dead_id: Option<String>| Outgoing {
-        body: delivery.data.clone(),
-        signature: signature.clone(),
-        tenant: header_str(&delivery.properties, TENANT_HEADER).map(str::to_owned),
-        reason,
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string()),
-        dead_id,
-    };
-    match disposition {
-        Disposition::Ack => {}
-        Disposition::Later { tier, why } => {
-            tracing::debug!(tier, why = %why, "Delaying a job.");
-            publisher.publish_delayed(&copy(None, None), tier).await?;
-        }
-        Disposition::Dead { reason } => {
-            publisher
-                .publish_dead(&copy(Some(reason), Some(Uuid::new_v4().to_string())))
-                .await?;
+    // The delivery as it came, or a new message of some of its jobs, signed here.
+    let copy =
+        |part: Option<JobMessage>, reason: Option<String>, dead_id: Option<String>| match part {
+            None => Outgoing {
+                body: delivery.data.clone(),
+                signature: signature.clone(),
+                tenant: header_str(&delivery.properties, TENANT_HEADER).map(str::to_owned),
+                reason,
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string()),
+                dead_id,
+            },
+            Some(message) => {
+                let body = message.to_bytes();
+                Outgoing {
+                    signature: Some(ctx.signer.sign(&body)),
+                    tenant: Some(message.tenant_id.to_string()),
+                    reason,
+                    message_id: message.jobs.first().map(|j| j.job_id.to_string()),
+                    dead_id,
+                    body,
+                }
+            }
+        };
+    for action in disposition.actions {
+        match action {
+            Action::Later { tier, why, part } => {
+                tracing::debug!(tier, why = %why, "Delaying jobs.");
+                publisher
+                    .publish_delayed(&copy(part, None, None), tier)
+                    .await?;
+            }
+            Action::Dead { reason, part } => {
+                let dead_id = Some(Uuid::new_v4().to_string());
+                publisher
+                    .publish_dead(&copy(part, Some(reason), dead_id))
+                    .await?;
+            }
         }
     }
-    delivery.ack(BasicAckOptions::default()).await?;
-    Ok(())
+    Ok(delivery.delivery_tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_messages_are_acknowledged_in_runs_from_the_oldest() {
+        let mut acks = Acks::default();
+        for tag in 1..=5 {
+            acks.received(tag);
+        }
+        assert_eq!(acks.settled_through(2), None, "1 is still in hand");
+        assert_eq!(acks.settled_through(3), None);
+        assert_eq!(acks.settled_through(1), Some(3), "1, 2 and 3 in one ack");
+        assert_eq!(acks.settled_through(5), None);
+        acks.received(6);
+        assert_eq!(acks.settled_through(4), Some(5));
+        assert_eq!(acks.settled_through(6), Some(6));
+        assert!(acks.outstanding.is_empty() && acks.settled.is_empty());
+    }
 }

@@ -1,6 +1,5 @@
 //! Everything a worker needs, shared by all worker tasks of a process.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,15 +12,15 @@ use tenantry::metrics::Metrics;
 use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 
+use tenantry::batch::{Batcher, all_or_each};
 use tenantry::db::jobs::{self as job_db, Outcome, StartOutcome};
 use tenantry::quota::QuotaExceeded;
 use tenantry::tenancy::TenantId;
 use uuid::Uuid;
 
-use crate::batch::Batcher;
 use crate::tenants::TenantCache;
 
-/// Most job starts or finishes written in one transaction.
+/// Most messages whose job starts or finishes are written in one transaction.
 const MAX_BATCH: usize = 64;
 
 type Started = Result<StartOutcome, sqlx::Error>;
@@ -75,7 +74,7 @@ impl WorkerContext {
         );
         Self {
             starts: start_batcher(pool.clone(), worker_id.clone()),
-            finishes: finish_batcher(pool.clone()),
+            finishes: finish_batcher(pool.clone(), store.defers_durability()),
             signer: Signer::new(settings.signing_secret.expose().as_bytes()),
             topology: Topology::new(&settings.queue_prefix),
             tenants: TenantCache::new(settings.auth_cache_ttl),
@@ -92,22 +91,30 @@ impl WorkerContext {
         }
     }
 
-    /// Marks a job PROCESSING (taking a slot), together with whatever other starts are
-    /// waiting: see [`job_db::begin_processing_many`].
-    pub async fn begin_processing(&self, tenant: &TenantId, job_id: Uuid) -> Started {
+    /// Starts a message's jobs, together with whatever other starts are waiting: see
+    /// [`job_db::start_many`]. One answer per job, in order.
+    pub async fn start(
+        &self,
+        tenant: &TenantId,
+        jobs: &[Uuid],
+    ) -> Result<Vec<StartOutcome>, sqlx::Error> {
+        let items = jobs.iter().map(|id| (tenant.clone(), *id)).collect();
         self.starts
-            .call((tenant.clone(), job_id))
+            .call(items)
             .await
-            .unwrap_or(Err(sqlx::Error::PoolClosed))
+            .ok_or(sqlx::Error::PoolClosed)?
+            .into_iter()
+            .collect()
     }
 
-    /// Records a job FINISHED, together with whatever other finishes are waiting: see
-    /// [`job_db::finish_many`].
-    pub async fn finish(&self, tenant: &TenantId, job_id: Uuid, outcome: Outcome) -> Finished {
-        self.finishes
-            .call((tenant.clone(), job_id, outcome))
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    /// Records jobs FINISHED, together with whatever other finishes are waiting: see
+    /// [`job_db::finish_many`]. One answer per job, in order.
+    pub async fn finish(&self, jobs: Vec<(TenantId, Uuid, Outcome)>) -> Vec<Finished> {
+        let n = jobs.len();
+        match self.finishes.call(jobs).await {
+            Some(answers) => answers,
+            None => (0..n).map(|_| Err(sqlx::Error::PoolClosed)).collect(),
+        }
     }
 
     /// Counts a job that reached FINISHED or FAILED here.
@@ -127,41 +134,29 @@ fn start_batcher(pool: PgPool, worker_id: String) -> Batcher<(TenantId, Uuid), S
         let (pool, worker_id) = (pool.clone(), worker_id.clone());
         all_or_each(jobs, move |jobs| {
             let (pool, worker_id) = (pool.clone(), worker_id.clone());
-            async move { job_db::begin_processing_many(&pool, &jobs, &worker_id).await }
+            async move { job_db::start_many(&pool, &jobs, &worker_id).await }
         })
     })
 }
 
-fn finish_batcher(pool: PgPool) -> Batcher<(TenantId, Uuid, Outcome), Finished> {
+/// `keep_text`: the vector store defers durability, so finished jobs keep their text
+/// until a checkpoint covers them.
+fn finish_batcher(pool: PgPool, keep_text: bool) -> Batcher<(TenantId, Uuid, Outcome), Finished> {
     Batcher::spawn(MAX_BATCH, move |jobs: Vec<(TenantId, Uuid, Outcome)>| {
         let pool = pool.clone();
-        all_or_each(jobs, move |jobs| {
-            let pool = pool.clone();
-            async move { job_db::finish_many(&pool, &jobs).await }
-        })
+        async move {
+            let finished = all_or_each(jobs, |jobs| {
+                let pool = pool.clone();
+                async move { job_db::finish_many(&pool, &jobs, keep_text).await }
+            })
+            .await;
+            // Their slots are free: pumps in other processes hear it at once.
+            if finished.iter().any(Result::is_ok)
+                && let Err(e) = job_db::notify_room(&pool).await
+            {
+                tracing::debug!(error = %e, "Could not notify the pumps.");
+            }
+            finished
+        }
     })
-}
-
-/// Runs the batch in one transaction; if that fails, each job in a batch of its own, so
-/// every job gets its own outcome or error (a deadlock or one bad row does not fail the
-/// others).
-async fn all_or_each<Job, T, F, Fut>(jobs: Vec<Job>, run: F) -> Vec<Result<T, sqlx::Error>>
-where
-    Job: Clone,
-    F: Fn(Arc<[Job]>) -> Fut,
-    Fut: Future<Output = Result<Vec<T>, sqlx::Error>>,
-{
-    let jobs: Arc<[Job]> = jobs.into();
-    if let Ok(all) = run(Arc::clone(&jobs)).await {
-        return all.into_iter().map(Ok).collect();
-    }
-    let mut each = Vec::with_capacity(jobs.len());
-    for job in jobs.iter() {
-        each.push(
-            run(Arc::from([job.clone()]))
-                .await
-                .and_then(|mut one| one.pop().ok_or(sqlx::Error::RowNotFound)),
-        );
-    }
-    each
 }

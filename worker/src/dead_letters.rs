@@ -73,7 +73,9 @@ async fn serve(
         let record = NewDeadLetter {
             id,
             tenant: message.as_ref().map(|m| &m.tenant_id),
-            job_id: message.as_ref().map(|m| m.job_id),
+            job_id: message
+                .as_ref()
+                .and_then(|m| (m.jobs.len() == 1).then(|| m.jobs[0].job_id)),
             reason: &reason,
             body: &delivery.data,
             headers: headers_json(props.headers().as_ref()),

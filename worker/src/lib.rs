@@ -7,7 +7,6 @@
 //! - [`dead_letters`]: drains the dead-letter queue into Postgres.
 //! - [`tenants`]: a short-lived tenant cache.
 //! - [`context`]: what all worker tasks of a process share.
-//! - [`batch`]: group commit of job starts and finishes.
 //! - [`heartbeat`]: announces the process in `workers` while it runs.
 //! - [`metrics_server`]: `/metrics` of a `worker` process (`TENANTRY_METRICS_ADDR`).
 //! - [`cli`]: the `worker` binary's whole body.
@@ -22,7 +21,6 @@ use tenantry::vector::SharedVectorStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub mod batch;
 pub mod cli;
 pub mod consumer;
 pub mod context;

@@ -6,14 +6,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tenantry::db::jobs::{self as job_db, CancelOutcome, NewJob, SubmitError, Submitted};
+use tenantry::db::jobs::{
+    self as job_db, Accepted, CancelOutcome, NewJob, Request, RequestOutcome, SubmitError,
+};
 use tenantry::ingest::{self, DocumentRef};
 use tenantry::job::{JobOptions, JobStatus, Priority};
 use tenantry::tenancy::DatabaseName;
 use tenantry::tenant::TenantStatus;
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Submitting};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, PageQuery, page_limit, uuid_cursor};
 use crate::state::AppState;
@@ -180,42 +182,8 @@ fn refuse_if_suspended(caller: &Caller) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks, estimates and records one submission in the backlog.
-/// A validated document with its ids and storage estimate, ready to be recorded.
-struct Prepared {
-    valid: ValidSubmission,
-    job_id: Uuid,
-    document_id: Uuid,
-    estimate: i64,
-}
-
-impl Prepared {
-    fn new_job<'a>(
-        &'a self,
-        state: &'a AppState,
-        caller: &'a Caller,
-        key: Option<&'a str>,
-    ) -> NewJob<'a> {
-        NewJob {
-            job_id: self.job_id,
-            document_id: self.document_id,
-            tenant: &caller.tenant.id,
-            database: &self.valid.database,
-            source_type: &self.valid.source_type,
-            text: &self.valid.text,
-            metadata: &self.valid.metadata,
-            options: &self.valid.options,
-            priority: self.valid.priority,
-            idempotency_key: key,
-            reserved_bytes: self.estimate,
-            model: state.embedder.model(),
-            dimension: state.embedder.dimension() as i32,
-        }
-    }
-}
-
 /// Gives a validated document its ids and estimates the storage it will take.
-async fn prepare(state: &AppState, caller: &Caller, valid: ValidSubmission) -> ApiResult<Prepared> {
+async fn prepare(state: &AppState, caller: &Caller, valid: ValidSubmission) -> ApiResult<NewJob> {
     let document_id = Uuid::new_v4();
     let dimension = state.embedder.dimension();
     let estimate = {
@@ -243,62 +211,99 @@ async fn prepare(state: &AppState, caller: &Caller, valid: ValidSubmission) -> A
             estimate(&valid.text)
         }
     };
-    Ok(Prepared {
-        valid,
+    Ok(NewJob {
         job_id: Uuid::new_v4(),
         document_id,
-        estimate,
+        tenant: caller.tenant.id.clone(),
+        database: valid.database,
+        source_type: valid.source_type,
+        text: valid.text,
+        metadata: valid.metadata,
+        options: valid.options,
+        priority: valid.priority,
+        idempotency_key: None,
+        reserved_bytes: estimate,
+        model: state.embedder.model().to_owned(),
+        dimension: dimension as i32,
     })
 }
 
-async fn submit_one(
+/// Records a call and its documents (none for a call refused before it got that far):
+/// the call is counted against API_CALLS_PER_HOUR in the same transaction. Calls without
+/// an idempotency key go through the group commit; one with a key is recorded alone.
+/// The call's own refusal is the error; each document's outcome is in the list.
+async fn record(
     state: &AppState,
     caller: &Caller,
-    valid: ValidSubmission,
+    jobs: Vec<NewJob>,
     key: Option<&str>,
-) -> ApiResult<Submitted> {
-    let prepared = prepare(state, caller, valid).await?;
-    let outcome = job_db::submit(&state.pool, &prepared.new_job(state, caller, key)).await;
-    answer(state, caller, outcome).await
+) -> ApiResult<Vec<ApiResult<Accepted>>> {
+    let tenant = &caller.tenant.id;
+    let request = Request {
+        tenant: tenant.clone(),
+        count_call: true,
+        jobs,
+    };
+    let outcome = match key {
+        Some(key) => job_db::submit_keyed(&state.pool, &request, key).await?,
+        None => state.submitter.submit(request).await?,
+    };
+    match outcome {
+        RequestOutcome::CallRefused {
+            exceeded,
+            retry_after_secs,
+        } => {
+            state.calls.learn(tenant, exceeded.limit);
+            state.metrics.quota_rejected(exceeded.resource.as_str());
+            let retry = std::time::Duration::from_secs(retry_after_secs.max(1) as u64);
+            Err(ApiError::quota(&exceeded, Some(retry)))
+        }
+        RequestOutcome::Recorded {
+            jobs,
+            api_calls_limit,
+        } => {
+            state.calls.learn(tenant, api_calls_limit);
+            Ok(jobs.into_iter().map(|job| answer(state, job)).collect())
+        }
+    }
 }
 
-/// What the caller is told about one recorded (or refused) submission.
-async fn answer(
-    state: &AppState,
-    caller: &Caller,
-    outcome: Result<Submitted, SubmitError>,
-) -> ApiResult<Submitted> {
+/// What the caller is told about one recorded (or refused) document.
+fn answer(state: &AppState, outcome: Result<Accepted, SubmitError>) -> ApiResult<Accepted> {
     match outcome {
-        Ok(submitted) => {
-            if matches!(submitted, Submitted::Created(_)) {
+        Ok(accepted) => {
+            if !accepted.replayed {
                 state.metrics.job_submitted();
             }
-            Ok(submitted)
+            Ok(accepted)
         }
         Err(SubmitError::Quota(q)) => {
             state.metrics.quota_rejected(q.resource.as_str());
-            crate::webhooks::notify_quota_exceeded(state, &caller.tenant.id, &q).await;
             Err(ApiError::quota(&q, None))
         }
         Err(e @ SubmitError::ModelMismatch { .. }) => {
             Err(ApiError::conflict("model_mismatch", e.to_string()))
         }
-        Err(SubmitError::Sql(e)) => Err(e.into()),
     }
 }
 
-fn accepted(submitted: &Submitted) -> Response {
-    let (view, replayed) = match submitted {
-        Submitted::Created(v) => (v, false),
-        Submitted::Existing(v) => (v, true),
-    };
+/// A call refused before any document of it was recorded: the call still counts
+/// (unless it is itself over the limit, which is then the answer).
+async fn refuse(state: &AppState, caller: &Caller, error: ApiError) -> ApiError {
+    match record(state, caller, Vec::new(), None).await {
+        Ok(_) => error,
+        Err(refused) => refused,
+    }
+}
+
+fn accepted(accepted: &Accepted) -> Response {
     let body = json!({
-        "job_id": view.job_id,
-        "document_id": view.document_id,
-        "status": view.status,
+        "job_id": accepted.job_id,
+        "document_id": accepted.document_id,
+        "status": accepted.status,
     });
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if replayed {
+    if accepted.replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -309,18 +314,30 @@ fn accepted(submitted: &Submitted) -> Response {
 /// `POST /v1/jobs`
 pub async fn submit(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitting(caller): Submitting,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<SubmitBody>,
+    body: Result<ApiJson<SubmitBody>, ApiError>,
 ) -> ApiResult<Response> {
-    refuse_if_suspended(&caller)?;
-    let key = idempotency_key(&headers)?;
-    let valid = validate(body, &caller, "")?;
-    let submitted = submit_one(&state, &caller, valid, key.as_deref()).await?;
-    if matches!(submitted, Submitted::Created(_)) {
+    let checked = refuse_if_suspended(&caller)
+        .and_then(|()| idempotency_key(&headers))
+        .and_then(|key| {
+            let ApiJson(body) = body?;
+            Ok((key, validate(body, &caller, "")?))
+        });
+    let (key, valid) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(refuse(&state, &caller, e).await),
+    };
+    let mut job = prepare(&state, &caller, valid).await?;
+    job.idempotency_key = key.clone();
+    let mut recorded = record(&state, &caller, vec![job], key.as_deref()).await?;
+    let accepted_job = recorded
+        .pop()
+        .ok_or_else(|| ApiError::internal("Recording failed.", "no outcome"))??;
+    if !accepted_job.replayed {
         state.pump_wake.notify_one();
     }
-    Ok(accepted(&submitted))
+    Ok(accepted(&accepted_job))
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,53 +350,52 @@ pub struct BatchBody {
 /// answer lists a result per document, in order.
 pub async fn submit_batch(
     State(state): State<AppState>,
-    caller: Caller,
-    ApiJson(body): ApiJson<BatchBody>,
+    Submitting(caller): Submitting,
+    body: Result<ApiJson<BatchBody>, ApiError>,
 ) -> ApiResult<Response> {
-    refuse_if_suspended(&caller)?;
     let max = state.settings.batch_max_items;
-    if body.documents.is_empty() || body.documents.len() > max {
-        return Err(ApiError::invalid(
-            "documents",
-            format!("must hold 1–{max} documents"),
-        ));
-    }
-    // Validated and prepared one by one; the valid ones are recorded together, in one
-    // transaction, each accepted or refused on its own.
-    let mut prepared = Vec::with_capacity(body.documents.len());
-    let mut outcomes: Vec<Option<ApiResult<Submitted>>> = Vec::with_capacity(prepared.capacity());
+    let checked = refuse_if_suspended(&caller).and_then(|()| {
+        let ApiJson(body) = body?;
+        if body.documents.is_empty() || body.documents.len() > max {
+            return Err(ApiError::invalid(
+                "documents",
+                format!("must hold 1–{max} documents"),
+            ));
+        }
+        Ok(body)
+    });
+    let body = match checked {
+        Ok(body) => body,
+        Err(e) => return Err(refuse(&state, &caller, e).await),
+    };
+    // Validated and prepared one by one; the valid ones are recorded together (with the
+    // call), each accepted or refused on its own.
+    let mut jobs = Vec::with_capacity(body.documents.len());
+    let mut outcomes: Vec<Option<ApiResult<Accepted>>> = Vec::with_capacity(jobs.capacity());
     for (i, doc) in body.documents.into_iter().enumerate() {
         match validate(doc, &caller, &format!("documents[{i}].")) {
             Ok(valid) => {
-                prepared.push(prepare(&state, &caller, valid).await?);
+                jobs.push(prepare(&state, &caller, valid).await?);
                 outcomes.push(None);
             }
             Err(e) => outcomes.push(Some(Err(e))),
         }
     }
-    let news: Vec<NewJob<'_>> = prepared
-        .iter()
-        .map(|p| p.new_job(&state, &caller, None))
-        .collect();
-    let mut recorded = job_db::submit_many(&state.pool, &news)
-        .await
-        .map_err(ApiError::from)?
-        .into_iter();
+    let mut recorded = record(&state, &caller, jobs, None).await?.into_iter();
     let mut results = Vec::with_capacity(outcomes.len());
     let mut accepted_count = 0usize;
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let outcome = match outcome {
             Some(refused) => refused,
-            None => match recorded.next() {
-                Some(one) => answer(&state, &caller, one.map(Submitted::Created)).await,
-                None => Err(ApiError::internal(
+            None => recorded.next().unwrap_or_else(|| {
+                Err(ApiError::internal(
                     "Recording the batch failed.",
                     "fewer outcomes than documents",
-                )),
-            },
+                ))
+            }),
         };
         results.push(match outcome {
-            Ok(Submitted::Created(view) | Submitted::Existing(view)) => {
+            Ok(view) => {
                 accepted_count += 1;
                 json!({ "index": i, "status": view.status, "job_id": view.job_id, "document_id": view.document_id })
             }

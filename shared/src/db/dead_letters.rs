@@ -163,7 +163,7 @@ pub async fn replay(pool: &PgPool, id: Uuid, actor: &str) -> Result<ReplayOutcom
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE jobs SET status = 'PENDING', published_at = NULL, attempts = 0, holds_slot = false,
+        "UPDATE jobs SET status = 'PENDING', published_at = NULL, attempts = 0,
                 error_code = NULL, error = NULL, started_at = NULL, finished_at = NULL,
                 updated_at = now()
           WHERE tenant_id = $1 AND id = $2",

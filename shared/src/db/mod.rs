@@ -24,6 +24,10 @@ pub mod tenants;
 pub mod webhooks;
 pub mod workers;
 
+/// The current UTC clock hour, as `api_calls.hour` stores it (SQL).
+pub(crate) const THIS_HOUR: &str =
+    "date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'";
+
 /// The schema's migrations, embedded at build time (no database needed to build).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

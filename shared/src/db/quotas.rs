@@ -9,15 +9,17 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::db::audit;
+use crate::db::{THIS_HOUR, audit};
 use crate::quota::{self, BYTES_PER_MB, Limits, ResourceKind, TenantQuotas, Usage};
 use crate::tenancy::TenantId;
 
 /// Longest period `TenantUsageStats` covers.
 pub const MAX_USAGE_DAYS: i64 = 366;
 
-/// The current UTC clock hour, as `api_calls.hour` stores it.
-const THIS_HOUR: &str = "date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'";
+/// PROCESSING_JOBS in use: the tenant's jobs in flight (handed to the broker, not ended),
+/// which is what the pump holds to the limit (`db::jobs::claim_backlog`).
+const IN_FLIGHT: &str = "(SELECT count(*) FROM jobs f WHERE f.tenant_id = u.tenant_id
+      AND f.status IN ('PENDING', 'PROCESSING') AND f.published_at IS NOT NULL)";
 
 /// The tenant's effective limits and current usage, or None if no such tenant.
 pub async fn limits_and_usage(
@@ -26,7 +28,7 @@ pub async fn limits_and_usage(
 ) -> Result<Option<(Limits, Usage)>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT l.documents, l.storage_mb, l.api_calls_per_hour, l.processing_jobs, l.vector_collections,
-                u.documents AS used_documents, u.storage_bytes, u.processing_jobs AS used_processing_jobs,
+                u.documents AS used_documents, u.storage_bytes, {IN_FLIGHT} AS used_processing_jobs,
                 u.collections,
                 COALESCE((SELECT calls FROM api_calls a WHERE a.tenant_id = $1 AND a.hour = {THIS_HOUR}), 0)
                     AS api_calls_this_hour
@@ -247,7 +249,7 @@ pub async fn all_usage(
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT l.tenant_id, l.documents, l.storage_mb, l.api_calls_per_hour, l.processing_jobs,
                 l.vector_collections, u.documents AS used_documents, u.storage_bytes,
-                u.processing_jobs AS used_processing_jobs, u.collections,
+                {IN_FLIGHT} AS used_processing_jobs, u.collections,
                 COALESCE(a.calls, 0) AS api_calls_this_hour
            FROM tenant_limits l JOIN tenant_usage u USING (tenant_id)
            LEFT JOIN api_calls a ON a.tenant_id = l.tenant_id AND a.hour = {THIS_HOUR}

@@ -51,32 +51,7 @@ pub async fn job_ended(
     status: JobStatus,
     error: Option<(&str, &str)>,
 ) -> Result<(), sqlx::Error> {
-    let event = match status {
-        JobStatus::Finished => EventType::JobCompleted,
-        JobStatus::Failed => EventType::JobFailed,
-        _ => return Ok(()),
-    };
-    if wants(conn, tenant, event).await? {
-        sqlx::query(
-            "INSERT INTO webhook_events (id, tenant_id, event_type, payload)
-             SELECT $3, j.tenant_id, $4,
-                    jsonb_build_object(
-                        'job_id', j.id, 'document_id', j.document_id, 'database', d.database,
-                        'source_type', d.source_type, 'metadata', d.metadata, 'status', j.status,
-                        'attempts', j.attempts, 'chunks', j.chunks,
-                        'created_at', j.created_at, 'finished_at', j.finished_at,
-                        'error', CASE WHEN j.error_code IS NULL OR j.status <> 'FAILED' THEN NULL
-                                      ELSE jsonb_build_object('code', j.error_code, 'message', j.error) END)
-               FROM jobs j JOIN documents d ON d.id = j.document_id
-              WHERE j.tenant_id = $1 AND j.id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(job_id)
-        .bind(Uuid::new_v4())
-        .bind(event.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
+    jobs_ended(conn, &[(tenant.clone(), job_id)], status).await?;
     if let Some(("quota_exceeded", message)) = error
         && let Some(resource) = message
             .split_whitespace()
@@ -86,6 +61,66 @@ pub async fn job_ended(
         let data = json!({ "resource": resource, "job_id": job_id, "message": message });
         quota_event(conn, tenant, EventType::QuotaExceeded, resource, data).await?;
     }
+    Ok(())
+}
+
+/// Records `job_completed` or `job_failed` for jobs that just ended with `status`, inside
+/// the transaction that ended them: one read of their tenants' preferences and one
+/// insert, however many jobs.
+pub async fn jobs_ended(
+    conn: &mut PgConnection,
+    jobs: &[(TenantId, Uuid)],
+    status: JobStatus,
+) -> Result<(), sqlx::Error> {
+    let event = match status {
+        JobStatus::Finished => EventType::JobCompleted,
+        JobStatus::Failed => EventType::JobFailed,
+        _ => return Ok(()),
+    };
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut tenants: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let configs: Vec<(String, Value)> =
+        sqlx::query_as("SELECT id, config FROM tenants WHERE id = ANY($1)")
+            .bind(&tenants)
+            .fetch_all(&mut *conn)
+            .await?;
+    let wanting: Vec<String> = configs
+        .into_iter()
+        .filter(|(_, config)| {
+            let config = TenantConfig::from_stored(config.clone());
+            config.webhook_url.is_some() && config.wants(event.as_str())
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let ids: Vec<Uuid> = jobs
+        .iter()
+        .filter(|(t, _)| wanting.iter().any(|w| w == t.as_str()))
+        .map(|(_, id)| *id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO webhook_events (id, tenant_id, event_type, payload)
+         SELECT gen_random_uuid(), j.tenant_id, $2,
+                jsonb_build_object(
+                    'job_id', j.id, 'document_id', j.document_id, 'database', d.database,
+                    'source_type', d.source_type, 'metadata', d.metadata, 'status', j.status,
+                    'attempts', j.attempts, 'chunks', j.chunks,
+                    'created_at', j.created_at, 'finished_at', j.finished_at,
+                    'error', CASE WHEN j.error_code IS NULL OR j.status <> 'FAILED' THEN NULL
+                                  ELSE jsonb_build_object('code', j.error_code, 'message', j.error) END)
+           FROM jobs j JOIN documents d ON d.id = j.document_id
+          WHERE j.id = ANY($1)",
+    )
+    .bind(&ids)
+    .bind(event.as_str())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -117,6 +152,16 @@ pub async fn quota_exceeded(
     refused: &QuotaExceeded,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    quota_exceeded_in(&mut tx, tenant, refused).await?;
+    tx.commit().await
+}
+
+/// [`quota_exceeded`] inside the caller's transaction.
+pub async fn quota_exceeded_in(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    refused: &QuotaExceeded,
+) -> Result<(), sqlx::Error> {
     let data = json!({
         "resource": refused.resource,
         "limit": refused.limit,
@@ -125,14 +170,13 @@ pub async fn quota_exceeded(
         "message": refused.to_string(),
     });
     quota_event(
-        &mut tx,
+        conn,
         tenant,
         EventType::QuotaExceeded,
         refused.resource,
         data,
     )
-    .await?;
-    tx.commit().await
+    .await
 }
 
 /// Inserts the period's marker and, if it was not there yet, the event.

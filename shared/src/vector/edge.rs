@@ -13,7 +13,20 @@
 //! qdrant-edge 0.7 behaviours this module is shaped around (checked in its source):
 //! - The API is blocking; every call goes through `spawn_blocking`.
 //! - `EdgeShard::load` does not replay the WAL, so a write is durable only once
-//!   `EdgeShard::flush` has run: every write flushes before it returns.
+//!   `EdgeShard::flush` has run. `upsert`, deletes and drops flush before they return;
+//!   `upsert_deferred` (the worker's hot path) does not: a background checkpoint
+//!   flushes every collection written since the last one and records its mark
+//!   (`checkpoint.json`), and the fleet re-derives from Postgres what finished after
+//!   the last mark (`tenantry::checkpoint`).
+//! - 0.7 never truncates its WAL (nothing reads it back either): collections are created
+//!   with small WAL segments, and closed segments are removed — all but the newest, which
+//!   carries the operation numbering on — whenever a collection is loaded, and by a
+//!   checkpoint once they pass [`WAL_ROTATE_SEGMENTS`] segments (the collection is closed and
+//!   reopened for it). The data directory then grows with live data, not with history.
+//! - Every open collection maps its files and keeps engine threads: at most
+//!   `max_open` collections stay open, the least recently used idle ones are closed
+//!   (flushed) beyond that, so 10 000 tenants in collection mode stay within the
+//!   kernel's map count.
 //! - `EdgeShard::flush` does `wal.try_lock().expect(..)` and panics if another thread is inside
 //!   `update`; so update and flush each run under a per-shard writer mutex. Reads do not touch
 //!   the WAL and run concurrently with writes and flushes.
@@ -35,6 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
@@ -61,20 +75,59 @@ const COLLECTIONS_DIR: &str = "collections";
 const SHARD_DIR: &str = "shard";
 /// Our record of the collection's spec, beside the shard. Written after the shard is built.
 const SPEC_FILE: &str = "tenantry_spec.json";
+/// The last checkpoint's mark, in the data directory.
+const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// The engine's WAL directory inside a shard directory.
+const WAL_DIR: &str = "wal";
+/// WAL segment size of our collections (the engine's default is 32 MiB, mapped whole).
+pub const WAL_SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+/// A checkpoint rotates a collection's WAL once its closed segments hold this many
+/// segments' worth of bytes.
+const WAL_ROTATE_SEGMENTS: u64 = 2;
+/// Stripes of the per-collection lifecycle locks.
+const LIFECYCLE_STRIPES: usize = 64;
+/// Collections kept open at most, by default.
+pub const DEFAULT_MAX_OPEN: usize = 256;
+
+/// How the embedded store runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeOptions {
+    /// Collections kept open at most; the least recently used idle ones are closed beyond.
+    pub max_open: usize,
+    /// WAL segment size of new and reloaded collections.
+    pub wal_segment_bytes: usize,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self {
+            max_open: DEFAULT_MAX_OPEN,
+            wal_segment_bytes: WAL_SEGMENT_BYTES,
+        }
+    }
+}
 
 /// The embedded vector store. Owns its data directory exclusively for its lifetime.
 ///
 /// Cheap to share (`Arc<dyn VectorStore>`); all methods take `&self`.
 #[derive(Debug)]
 pub struct EdgeStore {
+    /// The data directory (holds the checkpoint mark).
+    data_dir: PathBuf,
     /// `<data_dir>/collections`.
     collections_dir: PathBuf,
+    options: EdgeOptions,
+    /// The last checkpoint's mark (mirrors `checkpoint.json`).
+    checkpoint: Mutex<Option<DateTime<Utc>>>,
+    /// Ticks of use, for closing the least recently used collections.
+    clock: AtomicU64,
     /// Collections opened so far, by name. A hit here is the whole cost of
     /// `ensure_namespace` on the hot path. Held only for map lookups, never across I/O.
     open: Mutex<HashMap<String, Arc<Collection>>>,
-    /// Serialises creating, loading and dropping collections, so two tasks never build or
-    /// load the same shard twice, and a drop never races a load of the same directory.
-    lifecycle: tokio::sync::Mutex<()>,
+    /// Serialise creating, loading, closing and dropping a collection (striped by name:
+    /// different collections are created concurrently), so two tasks never build or load
+    /// the same shard twice, and a drop or close never races a load of its directory.
+    lifecycle: Vec<tokio::sync::Mutex<()>>,
     /// The locked lock file. Declared last so that it is released only after `open` has
     /// dropped (and thereby flushed) the shards.
     _lock: File,
@@ -97,6 +150,17 @@ struct Collection {
     /// Group commit: held by the one thread flushing; the value is the highest update
     /// number known durable. Taken before `writer`, never while holding it.
     durable: Mutex<u64>,
+    /// The store's clock at the last use (least recently used ones are closed first).
+    used: AtomicU64,
+    /// `<collections>/<name>/shard`, for rotating the WAL.
+    shard_dir: PathBuf,
+    wal_segment_bytes: usize,
+}
+
+/// `checkpoint.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredCheckpoint {
+    mark: DateTime<Utc>,
 }
 
 /// `tenantry_spec.json`: the `VectorSpec`, which stays serde-free in the trait module.
@@ -113,6 +177,11 @@ impl EdgeStore {
     /// one, has it open: the engine's files must have a single owner. Collections are opened
     /// lazily on first use. Blocking: call it at startup, not from a request.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, EdgeOptions::default())
+    }
+
+    /// [`EdgeStore::open`] with options.
+    pub fn open_with(data_dir: &Path, options: EdgeOptions) -> Result<Self> {
         fs::create_dir_all(data_dir).map_err(|e| {
             VectorError::Engine(format!(
                 "cannot create vector data directory {}: {e}",
@@ -158,13 +227,28 @@ impl EdgeStore {
         fs::create_dir_all(&collections_dir).map_err(|e| {
             VectorError::Engine(format!("cannot create {}: {e}", collections_dir.display()))
         })?;
-        tracing::info!(data_dir = %data_dir.display(), "Opened the embedded vector store.");
+        let checkpoint = read_checkpoint(data_dir)?;
+        tracing::info!(data_dir = %data_dir.display(), checkpoint = ?checkpoint, "Opened the embedded vector store.");
         Ok(Self {
+            data_dir: data_dir.to_owned(),
             collections_dir,
+            options: EdgeOptions {
+                max_open: options.max_open.max(1),
+                ..options
+            },
+            checkpoint: Mutex::new(checkpoint),
+            clock: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: (0..LIFECYCLE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             _lock: lock,
         })
+    }
+
+    /// Collections open now (at most `max_open`, plus those in use).
+    pub fn open_collections(&self) -> usize {
+        self.open.lock().len()
     }
 
     fn collection_dir(&self, name: &str) -> PathBuf {
@@ -172,7 +256,88 @@ impl EdgeStore {
     }
 
     fn cached(&self, name: &str) -> Option<Arc<Collection>> {
-        self.open.lock().get(name).cloned()
+        let collection = self.open.lock().get(name).cloned()?;
+        collection.used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        Some(collection)
+    }
+
+    fn stripe(name: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        (hasher.finish() % LIFECYCLE_STRIPES as u64) as usize
+    }
+
+    /// The lifecycle lock of collection `name`.
+    fn lifecycle(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        &self.lifecycle[Self::stripe(name)]
+    }
+
+    /// Keeps a newly opened collection, closing the least recently used idle ones if
+    /// more than `max_open` are open. Called under `name`'s lifecycle lock; a collection
+    /// is closed only under its own (taken without waiting: a busy one stays open), so a
+    /// closing shard's flush never races a load of its directory.
+    async fn keep(&self, name: &str, collection: &Arc<Collection>) {
+        collection.used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let mine = Self::stripe(name);
+        let mut guards = Vec::new();
+        let closing: Vec<Arc<Collection>> = {
+            let mut open = self.open.lock();
+            open.insert(name.to_owned(), Arc::clone(collection));
+            let excess = open.len().saturating_sub(self.options.max_open);
+            if excess == 0 {
+                Vec::new()
+            } else {
+                // Idle: nobody but this map holds it (checked under the map's lock, which
+                // every other holder took its clone under).
+                let mut idle: Vec<(u64, String)> = open
+                    .iter()
+                    .filter(|(n, c)| n.as_str() != name && Arc::strong_count(c) == 1)
+                    .map(|(n, c)| (c.used.load(Ordering::Relaxed), n.clone()))
+                    .collect();
+                idle.sort_unstable();
+                let mut closing = Vec::with_capacity(excess);
+                for (_, n) in idle {
+                    if closing.len() == excess {
+                        break;
+                    }
+                    let stripe = Self::stripe(&n);
+                    if stripe != mine {
+                        match self.lifecycle[stripe].try_lock() {
+                            Ok(guard) => guards.push(guard),
+                            Err(_) => continue,
+                        }
+                    }
+                    if let Some(c) = open.remove(&n) {
+                        closing.push(c);
+                    }
+                }
+                closing
+            }
+        };
+        if closing.is_empty() {
+            return;
+        }
+        let count = closing.len();
+        // Dropping a shard flushes it.
+        if let Err(e) = blocking(move || {
+            for collection in closing {
+                collection.close();
+            }
+            Ok(())
+        })
+        .await
+        {
+            tracing::warn!(error = %e, "Closing idle embedded collections failed.");
+        }
+        drop(guards);
+        tracing::debug!(closed = count, "Closed idle embedded collections.");
     }
 
     /// The collection of `ns`, loading it from disk on first use; `None` if it does not exist.
@@ -180,64 +345,27 @@ impl EdgeStore {
         if let Some(collection) = self.cached(&ns.collection) {
             return Ok(Some(collection));
         }
-        let _lifecycle = self.lifecycle.lock().await;
+        let _lifecycle = self.lifecycle(&ns.collection).lock().await;
         if let Some(collection) = self.cached(&ns.collection) {
             return Ok(Some(collection));
         }
         let dir = self.collection_dir(&ns.collection);
-        let Some(collection) = blocking(move || Collection::load(&dir)).await? else {
+        let wal = self.options.wal_segment_bytes;
+        let Some(collection) = blocking(move || Collection::load(&dir, wal)).await? else {
             return Ok(None);
         };
         let collection = Arc::new(collection);
-        self.open
-            .lock()
-            .insert(ns.collection.clone(), Arc::clone(&collection));
+        self.keep(&ns.collection, &collection).await;
         Ok(Some(collection))
     }
 
-    /// The collection an upsert goes to: it must have been ensured first, as on a server.
-    async fn existing_collection(&self, ns: &Namespace) -> Result<Arc<Collection>> {
-        self.collection(ns).await?.ok_or_else(|| {
-            VectorError::Engine(format!(
-                "collection {} does not exist: ensure_namespace must run before upsert",
-                ns.collection
-            ))
-        })
-    }
-}
-
-#[async_trait]
-impl VectorStore for EdgeStore {
-    fn backend(&self) -> &'static str {
-        "edge"
-    }
-
-    async fn ensure_namespace(&self, ns: &Namespace, spec: &VectorSpec) -> Result<()> {
-        if let Some(collection) = self.cached(&ns.collection) {
-            return check_spec(&ns.collection, &collection.spec, spec);
-        }
-        let _lifecycle = self.lifecycle.lock().await;
-        if let Some(collection) = self.cached(&ns.collection) {
-            return check_spec(&ns.collection, &collection.spec, spec);
-        }
-        let dir = self.collection_dir(&ns.collection);
-        let requested = spec.clone();
-        let shared = ns.is_shared();
-        let name = ns.collection.clone();
-        let collection = blocking(move || match Collection::load(&dir)? {
-            Some(existing) => Ok(existing),
-            None => Collection::create(&name, &dir, requested, shared),
-        })
-        .await?;
-        let collection = Arc::new(collection);
-        // Cached even on a mismatch: the collection is valid, only this request is not.
-        self.open
-            .lock()
-            .insert(ns.collection.clone(), Arc::clone(&collection));
-        check_spec(&ns.collection, &collection.spec, spec)
-    }
-
-    async fn upsert(&self, ns: &Namespace, points: Vec<PointRecord>) -> Result<()> {
+    /// Upserts points: durable on return if `durable`, else at the next checkpoint.
+    async fn write_points(
+        &self,
+        ns: &Namespace,
+        points: Vec<PointRecord>,
+        durable: bool,
+    ) -> Result<()> {
         // The whole batch is refused if any point is foreign, before anything is written.
         for point in &points {
             check_point_owner(&ns.tenant, point)?;
@@ -269,13 +397,98 @@ impl VectorStore for EdgeStore {
         ));
         let name = ns.collection.clone();
         blocking(move || {
-            if collection.write(operation)? {
+            let written = if durable {
+                collection.write(operation)?
+            } else {
+                collection.apply(operation)?
+            };
+            if written {
                 Ok(())
             } else {
                 Err(dropped_while_writing(&name))
             }
         })
         .await
+    }
+
+    /// The collection an upsert goes to: it must have been ensured first, as on a server.
+    async fn existing_collection(&self, ns: &Namespace) -> Result<Arc<Collection>> {
+        self.collection(ns).await?.ok_or_else(|| {
+            VectorError::Engine(format!(
+                "collection {} does not exist: ensure_namespace must run before upsert",
+                ns.collection
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl VectorStore for EdgeStore {
+    fn backend(&self) -> &'static str {
+        "edge"
+    }
+
+    async fn ensure_namespace(&self, ns: &Namespace, spec: &VectorSpec) -> Result<()> {
+        if let Some(collection) = self.cached(&ns.collection) {
+            return check_spec(&ns.collection, &collection.spec, spec);
+        }
+        let _lifecycle = self.lifecycle(&ns.collection).lock().await;
+        if let Some(collection) = self.cached(&ns.collection) {
+            return check_spec(&ns.collection, &collection.spec, spec);
+        }
+        let dir = self.collection_dir(&ns.collection);
+        let requested = spec.clone();
+        let shared = ns.is_shared();
+        let name = ns.collection.clone();
+        let wal = self.options.wal_segment_bytes;
+        let collection = blocking(move || match Collection::load(&dir, wal)? {
+            Some(existing) => Ok(existing),
+            None => Collection::create(&name, &dir, requested, shared, wal),
+        })
+        .await?;
+        let collection = Arc::new(collection);
+        // Cached even on a mismatch: the collection is valid, only this request is not.
+        self.keep(&ns.collection, &collection).await;
+        check_spec(&ns.collection, &collection.spec, spec)
+    }
+
+    async fn upsert(&self, ns: &Namespace, points: Vec<PointRecord>) -> Result<()> {
+        self.write_points(ns, points, true).await
+    }
+
+    async fn upsert_deferred(&self, ns: &Namespace, points: Vec<PointRecord>) -> Result<()> {
+        self.write_points(ns, points, false).await
+    }
+
+    fn defers_durability(&self) -> bool {
+        true
+    }
+
+    /// Flushes every open collection written since its last flush (several at once:
+    /// concurrent syncs share the disk's cache flushes), rotates WALs that have grown,
+    /// then records `mark` in `checkpoint.json` (written atomically). Collections closed
+    /// since were flushed when they closed.
+    async fn checkpoint(&self, mark: DateTime<Utc>) -> Result<()> {
+        let open: Vec<Arc<Collection>> = self.open.lock().values().cloned().collect();
+        let rotate = WAL_ROTATE_SEGMENTS * self.options.wal_segment_bytes as u64;
+        let flushes = open.into_iter().map(|collection| {
+            blocking(move || {
+                collection.flush()?;
+                collection.rotate_wal_past(rotate)
+            })
+        });
+        for flushed in futures::future::join_all(flushes).await {
+            flushed?;
+        }
+        crate::failpoint::hit("checkpoint-before-mark");
+        let dir = self.data_dir.clone();
+        blocking(move || write_checkpoint(&dir, mark)).await?;
+        *self.checkpoint.lock() = Some(mark);
+        Ok(())
+    }
+
+    fn last_checkpoint(&self) -> Option<DateTime<Utc>> {
+        *self.checkpoint.lock()
     }
 
     async fn count(&self, ns: &Namespace, document: Option<Uuid>) -> Result<u64> {
@@ -376,7 +589,7 @@ impl VectorStore for EdgeStore {
                 blocking(move || collection.write(operation).map(|_written| ())).await
             }
             IsolationMode::Collection => {
-                let _lifecycle = self.lifecycle.lock().await;
+                let _lifecycle = self.lifecycle(&ns.collection).lock().await;
                 let collection = self.open.lock().remove(&ns.collection);
                 let dir = self.collection_dir(&ns.collection);
                 blocking(move || {
@@ -441,7 +654,7 @@ impl VectorStore for EdgeStore {
 impl Collection {
     /// Reads a collection from disk; `None` if it does not exist or was never finished
     /// (no spec file: creation or deletion was interrupted).
-    fn load(dir: &Path) -> Result<Option<Self>> {
+    fn load(dir: &Path, wal_segment_bytes: usize) -> Result<Option<Self>> {
         let spec_path = dir.join(SPEC_FILE);
         let raw = match fs::read(&spec_path) {
             Ok(raw) => raw,
@@ -455,9 +668,8 @@ impl Collection {
         };
         let stored: StoredSpec = serde_json::from_slice(&raw)
             .map_err(|e| VectorError::Engine(format!("corrupt {}: {e}", spec_path.display())))?;
-        // `None`: reuse the edge_config.json the shard was created with.
-        let shard = EdgeShard::load(&dir.join(SHARD_DIR), None)
-            .map_err(engine(&format!("load shard in {}", dir.display())))?;
+        let shard_dir = dir.join(SHARD_DIR);
+        let shard = open_shard(&shard_dir, wal_segment_bytes)?;
         tracing::debug!(dir = %dir.display(), "Loaded embedded collection.");
         Ok(Some(Self::new(
             VectorSpec {
@@ -465,12 +677,20 @@ impl Collection {
                 model: stored.model,
             },
             shard,
+            shard_dir,
+            wal_segment_bytes,
         )))
     }
 
     /// Builds a new collection: the shard, its payload indexes, then the spec file, which
     /// marks the collection complete. Leftovers of an interrupted attempt are removed first.
-    fn create(name: &str, dir: &Path, spec: VectorSpec, shared: bool) -> Result<Self> {
+    fn create(
+        name: &str,
+        dir: &Path,
+        spec: VectorSpec,
+        shared: bool,
+        wal_segment_bytes: usize,
+    ) -> Result<Self> {
         remove_collection_dir(dir)?;
         let shard_dir = dir.join(SHARD_DIR);
         fs::create_dir_all(&shard_dir)
@@ -482,6 +702,7 @@ impl Collection {
                 DEFAULT_VECTOR_NAME,
                 EdgeVectorParams::builder(spec.dimension, Distance::Cosine).build(),
             )
+            .wal_options(wal_options(wal_segment_bytes))
             .build();
         let shard = EdgeShard::new(&shard_dir, config).map_err(engine("create shard"))?;
         // Shared collections are partitioned on the tenant (Qdrant's multitenancy layout);
@@ -516,17 +737,95 @@ impl Collection {
             shared,
             "Created embedded collection."
         );
-        Ok(Self::new(spec, shard))
+        Ok(Self::new(spec, shard, shard_dir, wal_segment_bytes))
     }
 
-    fn new(spec: VectorSpec, shard: EdgeShard) -> Self {
+    fn new(
+        spec: VectorSpec,
+        shard: EdgeShard,
+        shard_dir: PathBuf,
+        wal_segment_bytes: usize,
+    ) -> Self {
         Self {
             spec,
             shard: RwLock::new(Some(shard)),
             writer: Mutex::new(()),
             applied: AtomicU64::new(0),
             durable: Mutex::new(0),
+            used: AtomicU64::new(0),
+            shard_dir,
+            wal_segment_bytes,
         }
+    }
+
+    /// Applies one update, visible to reads when it returns, durable at the next
+    /// [`Collection::flush`]. `false` if the collection has been dropped.
+    fn apply(&self, operation: UpdateOperation) -> Result<bool> {
+        Ok(self.apply_numbered(operation)?.is_some())
+    }
+
+    /// Applies one update under `writer`; its sequence number, or None if dropped.
+    fn apply_numbered(&self, operation: UpdateOperation) -> Result<Option<u64>> {
+        let _writer = self.writer.lock();
+        let shard = self.shard.read();
+        let Some(shard) = shard.as_ref() else {
+            return Ok(None);
+        };
+        shard.update(operation).map_err(engine("update"))?;
+        Ok(Some(self.applied.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// Flushes what was applied since the last flush, if anything. `false` if the
+    /// collection has been dropped.
+    fn flush(&self) -> Result<bool> {
+        let ticket = self.applied.load(Ordering::SeqCst);
+        self.flush_through(ticket)
+    }
+
+    /// Returns once an update numbered `ticket` is durable: whoever holds `durable`
+    /// flushes everything applied so far, so threads queued behind it usually find
+    /// their update already covered (group commit).
+    fn flush_through(&self, ticket: u64) -> Result<bool> {
+        let mut durable = self.durable.lock();
+        if *durable >= ticket {
+            return Ok(true);
+        }
+        let _writer = self.writer.lock();
+        let shard = self.shard.read();
+        let Some(shard) = shard.as_ref() else {
+            // Dropped after the update: the collection is gone, and the write with it.
+            return Ok(false);
+        };
+        let covered = self.applied.load(Ordering::SeqCst);
+        shard.flush();
+        *durable = covered;
+        Ok(true)
+    }
+
+    /// Closes the shard (which flushes it); the collection reads as dropped afterwards.
+    fn close(&self) {
+        drop(self.shard.write().take());
+    }
+
+    /// Removes the WAL's closed segments once they pass `limit` bytes: the shard is
+    /// closed (flushed), the segments go, the shard is reopened. Reads and writes wait
+    /// meanwhile (a few milliseconds: the segments are already flushed).
+    fn rotate_wal_past(&self, limit: u64) -> Result<()> {
+        let wal = self.shard_dir.join(WAL_DIR);
+        if closed_wal_bytes(&wal) <= limit {
+            return Ok(());
+        }
+        let _durable = self.durable.lock();
+        let _writer = self.writer.lock();
+        let mut shard = self.shard.write();
+        if shard.is_none() {
+            return Ok(());
+        }
+        // Dropping flushes: everything applied so far is durable.
+        drop(shard.take());
+        *shard = Some(open_shard(&self.shard_dir, self.wal_segment_bytes)?);
+        tracing::debug!(dir = %self.shard_dir.display(), "Rotated an embedded collection's WAL.");
+        Ok(())
     }
 
     /// Runs a read; `None` if the collection has been dropped.
@@ -542,29 +841,10 @@ impl Collection {
     /// the threads queued behind it usually find their update already covered and return
     /// without a flush of their own: N concurrent writes cost about one flush, not N.
     fn write(&self, operation: UpdateOperation) -> Result<bool> {
-        let ticket = {
-            let _writer = self.writer.lock();
-            let shard = self.shard.read();
-            let Some(shard) = shard.as_ref() else {
-                return Ok(false);
-            };
-            shard.update(operation).map_err(engine("update"))?;
-            self.applied.fetch_add(1, Ordering::SeqCst) + 1
-        };
-        let mut durable = self.durable.lock();
-        if *durable >= ticket {
-            return Ok(true);
+        match self.apply_numbered(operation)? {
+            Some(ticket) => self.flush_through(ticket),
+            None => Ok(false),
         }
-        let _writer = self.writer.lock();
-        let shard = self.shard.read();
-        let Some(shard) = shard.as_ref() else {
-            // Dropped after the update: the collection is gone, and the write with it.
-            return Ok(false);
-        };
-        let covered = self.applied.load(Ordering::SeqCst);
-        shard.flush();
-        *durable = covered;
-        Ok(true)
     }
 }
 
@@ -731,4 +1011,107 @@ fn write_holder(lock: &mut File) -> std::io::Result<()> {
     lock.rewind()?;
     write!(lock, "{}", std::process::id())?;
     lock.sync_all()
+}
+
+/// The WAL options of our collections: small segments (the engine maps them whole).
+fn wal_options(segment_bytes: usize) -> qdrant_edge::WalOptions {
+    qdrant_edge::WalOptions {
+        segment_capacity: segment_bytes,
+        ..qdrant_edge::WalOptions::default()
+    }
+}
+
+/// Opens a shard after removing its WAL's closed segments but the newest (0.7 never reads
+/// the WAL back: what is flushed is in the segments, and recovery re-derives the rest from
+/// Postgres; the newest closed segment carries the operation numbering on, which point
+/// versions depend on), with our WAL segment size.
+fn open_shard(shard_dir: &Path, wal_segment_bytes: usize) -> Result<EdgeShard> {
+    prune_wal(&shard_dir.join(WAL_DIR))?;
+    let config_path = shard_dir.join("edge_config.json");
+    let config = match fs::read(&config_path) {
+        Ok(raw) => {
+            let mut config: EdgeConfig = serde_json::from_slice(&raw).map_err(|e| {
+                VectorError::Engine(format!("corrupt {}: {e}", config_path.display()))
+            })?;
+            config.wal_options = Some(wal_options(wal_segment_bytes));
+            Some(config)
+        }
+        // Older shards may lack it: the engine infers it from the segments.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(VectorError::Engine(format!(
+                "cannot read {}: {e}",
+                config_path.display()
+            )));
+        }
+    };
+    EdgeShard::load(shard_dir, config)
+        .map_err(engine(&format!("load shard in {}", shard_dir.display())))
+}
+
+/// `closed-<first index>` files of a WAL directory, oldest first.
+fn closed_wal_segments(wal: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(wal) else {
+        return Vec::new();
+    };
+    let mut closed: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let start = name.to_str()?.strip_prefix("closed-")?.parse().ok()?;
+            Some((start, e.path()))
+        })
+        .collect();
+    closed.sort_unstable();
+    closed
+}
+
+fn closed_wal_bytes(wal: &Path) -> u64 {
+    closed_wal_segments(wal)
+        .iter()
+        .filter_map(|(_, p)| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Removes every closed WAL segment but the newest. Only while the shard is closed.
+fn prune_wal(wal: &Path) -> Result<()> {
+    let closed = closed_wal_segments(wal);
+    for (_, path) in closed.iter().take(closed.len().saturating_sub(1)) {
+        fs::remove_file(path)
+            .map_err(|e| VectorError::Engine(format!("cannot remove {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn read_checkpoint(data_dir: &Path) -> Result<Option<DateTime<Utc>>> {
+    let path = data_dir.join(CHECKPOINT_FILE);
+    match fs::read(&path) {
+        Ok(raw) => serde_json::from_slice::<StoredCheckpoint>(&raw)
+            .map(|c| Some(c.mark))
+            .map_err(|e| VectorError::Engine(format!("corrupt {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(VectorError::Engine(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes the mark atomically (temp file, fsync, rename, directory fsync).
+fn write_checkpoint(data_dir: &Path, mark: DateTime<Utc>) -> Result<()> {
+    let path = data_dir.join(CHECKPOINT_FILE);
+    let tmp = data_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let io =
+        |e: std::io::Error| VectorError::Engine(format!("cannot write {}: {e}", path.display()));
+    let json = serde_json::to_vec(&StoredCheckpoint { mark })
+        .map_err(|e| VectorError::Engine(format!("cannot encode the checkpoint: {e}")))?;
+    let mut file = File::create(&tmp).map_err(io)?;
+    file.write_all(&json).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }

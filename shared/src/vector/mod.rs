@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -114,7 +115,8 @@ pub type Result<T, E = VectorError> = std::result::Result<T, E>;
 /// - `ensure_namespace` is idempotent; it creates the collection on first use (for a
 ///   shared collection also the `tenant_id` keyword index with `is_tenant`), and
 ///   fails with [`VectorError::SpecMismatch`] if the collection exists with another spec.
-/// - `upsert` is idempotent on point ids and durable when it returns `Ok`.
+/// - `upsert` is idempotent on point ids and durable when it returns `Ok`;
+///   `upsert_deferred` is idempotent too, and durable after the next `checkpoint`.
 /// - reads and deletes never see or touch another tenant's points.
 #[async_trait]
 pub trait VectorStore: Send + Sync + 'static {
@@ -123,7 +125,36 @@ pub trait VectorStore: Send + Sync + 'static {
 
     async fn ensure_namespace(&self, ns: &Namespace, spec: &VectorSpec) -> Result<()>;
 
+    /// Durable when it returns `Ok`.
     async fn upsert(&self, ns: &Namespace, points: Vec<PointRecord>) -> Result<()>;
+
+    /// Applied (visible to reads) when it returns `Ok`, durable once a later
+    /// [`VectorStore::checkpoint`] has returned — for callers that keep, until then,
+    /// what re-derives the points (the worker: Postgres holds each finished job's text
+    /// until a checkpoint covers it). Back-ends whose writes are durable anyway do an
+    /// ordinary upsert.
+    async fn upsert_deferred(&self, ns: &Namespace, points: Vec<PointRecord>) -> Result<()> {
+        self.upsert(ns, points).await
+    }
+
+    /// Whether [`VectorStore::upsert_deferred`] really defers (so callers must keep what
+    /// re-derives its points until a checkpoint).
+    fn defers_durability(&self) -> bool {
+        false
+    }
+
+    /// Makes every write applied before the call durable, then records `mark` (a
+    /// Postgres timestamp read before the call) as the store's last checkpoint.
+    async fn checkpoint(&self, mark: DateTime<Utc>) -> Result<()> {
+        let _ = mark;
+        Ok(())
+    }
+
+    /// The mark of the last checkpoint that completed, if any (see
+    /// [`VectorStore::checkpoint`]).
+    fn last_checkpoint(&self) -> Option<DateTime<Utc>> {
+        None
+    }
 
     /// Points of the namespace's tenant, optionally only those of one document.
     async fn count(&self, ns: &Namespace, document: Option<Uuid>) -> Result<u64>;
@@ -159,9 +190,11 @@ pub async fn open(settings: &Settings) -> Result<SharedVectorStore> {
     match settings.vector_backend {
         VectorBackend::Edge => {
             let dir = settings.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || edge::EdgeStore::open(&dir))
-                .await
-                .map_err(|e| VectorError::Engine(e.to_string()))??;
+            let options = settings.edge;
+            let store =
+                tokio::task::spawn_blocking(move || edge::EdgeStore::open_with(&dir, options))
+                    .await
+                    .map_err(|e| VectorError::Engine(e.to_string()))??;
             Ok(Arc::new(store))
         }
         VectorBackend::Qdrant => {

@@ -124,6 +124,31 @@ impl QdrantStore {
     }
 
     /// Asks the server for its version: `Ok(version)` if it answers.
+    /// Deletes every collection of `fleet` (see `tenancy::fleet_collection_prefix`);
+    /// returns how many. For benchmarks and tests that make a fleet of their own.
+    pub async fn drop_fleet(&self, fleet: &str) -> Result<usize> {
+        let prefix = crate::tenancy::fleet_collection_prefix(fleet);
+        let listed = self
+            .call("list collections", || self.client.list_collections())
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut dropped = 0;
+        for collection in listed.collections {
+            if !collection.name.starts_with(&prefix) {
+                continue;
+            }
+            let name = collection.name.clone();
+            self.forget(&name);
+            self.call("delete collection", || {
+                self.client.delete_collection(name.clone())
+            })
+            .await
+            .map_err(|e| self.error(e))?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
     pub async fn ping(&self) -> Result<String> {
         let reply = self
             .call("health check", || self.client.health_check())

@@ -2,8 +2,10 @@
 //! letters and their replay, poison and forged messages on the jobs queue, hostile
 //! HTTP input, idempotency under concurrency and redelivery, unroutable publishes.
 //! Outages through a cutting proxy are in `delivery/outages.rs`, the fleet's binaries
-//! under SIGTERM and SIGKILL in `delivery/processes.rs`.
+//! under SIGTERM and SIGKILL in `delivery/processes.rs`, and SIGKILLs at each point of
+//! the embedded store's checkpoint and recovery in `delivery/checkpoints.rs`.
 
+mod checkpoints;
 pub(crate) mod faults;
 mod outages;
 mod processes;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tenantry::broker::{Outgoing, Topology};
+use tenantry::config;
 use tenantry::job::Signer;
 use tenantry::tenancy::{DatabaseName, IsolationMode, Namespace, TenantId};
 use tenantry_tests::{SIGNING_SECRET, TestEnv, assert_error, eventually};
@@ -173,6 +176,9 @@ async fn exhausted_and_permanent_failures_are_dead_lettered_then_replayed() {
     .await;
     let mut settings = server.settings();
     settings.push(("TENANTRY_MAX_ATTEMPTS", "3".into()));
+    // One job per message, so each job's embedder calls are its own: the count below
+    // is per job, not per however the pump happened to group the two.
+    settings.push((config::ENV_JOBS_PER_MESSAGE, "1".into()));
     let env = TestEnv::start_with(1, &refs(&settings)).await;
     let key = env.tenant("doomed").await;
 

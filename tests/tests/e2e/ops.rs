@@ -187,6 +187,9 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
             // No extra share of the fleet window: exactly the tenant windows.
             (config::ENV_FLEET_WINDOW, "1"),
             (config::ENV_METRICS_TOP_TENANTS, "1"),
+            // The broker counts messages: one job per message, so its count is the
+            // number of jobs published.
+            (config::ENV_JOBS_PER_MESSAGE, "1"),
         ],
     )
     .await;

@@ -291,3 +291,122 @@ pub async fn sigterm(child: &tokio::process::Child) {
         .unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 }
+
+/// A fleet binary's HTTP edge as a client sees it: the address it is told to listen on
+/// (a free loopback port, written into the binary's environment) and the calls the
+/// crash tests make on it.
+pub struct FleetHttp {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl FleetHttp {
+    /// Picks a free port and sets `TENANTRY_HTTP_ADDR` in `vars` to it.
+    pub fn new(vars: &mut HashMap<String, String>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        vars.insert(tenantry::config::ENV_HTTP_ADDR.into(), addr.clone());
+        Self {
+            base: format!("http://{addr}"),
+            http: tenantry::tls::http_client().build().unwrap(),
+        }
+    }
+
+    /// `Some` once `/readyz` answers 200 (for `eventually`).
+    pub async fn ready(&self) -> Option<()> {
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    }
+
+    /// Creates tenant `id` with the admin token and returns a new key of it.
+    pub async fn tenant_key(&self, id: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/v1/admin/tenants", self.base))
+            .bearer_auth(tenantry_tests::ADMIN_TOKEN)
+            .json(&json!({ "id": id, "name": id, "email": format!("{id}@example.com") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let key: Value = self
+            .http
+            .post(format!("{}/v1/admin/tenants/{id}/keys", self.base))
+            .bearer_auth(tenantry_tests::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        key["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits `texts` in one batch call and asserts that every one was accepted.
+    pub async fn submit_batch(&self, key: &str, texts: Vec<String>) {
+        let count = texts.len();
+        let documents: Vec<Value> = texts.into_iter().map(|t| json!({ "text": t })).collect();
+        let r = self
+            .http
+            .post(format!("{}/v1/jobs/batch", self.base))
+            .bearer_auth(key)
+            .json(&json!({ "documents": documents }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["accepted"], count, "{body}");
+    }
+}
+
+/// SIGTERM, then the process must exit 0 within 30 s.
+pub async fn stops_cleanly(mut child: tokio::process::Child) {
+    sigterm(&child).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the fleet stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Each ingested document of `tenant` has its points exactly once in its namespace, and
+/// the tenant's usage is the sum over its documents; returns how many documents there are.
+pub async fn points_once_and_usage_exact(
+    ids: &tenantry_tests::FleetIds,
+    pool: &sqlx::PgPool,
+    tenant: &str,
+) -> usize {
+    let store = tenantry::vector::open(&ids.settings(&[])).await.unwrap();
+    let namespace = super::ns(&ids.prefix, tenant);
+    let documents: Vec<(uuid::Uuid, i32, i64)> =
+        sqlx::query_as("SELECT id, chunks, stored_bytes FROM documents WHERE state = 'INGESTED'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut all_points = 0;
+    for (id, chunks, _) in &documents {
+        let n = store.count(&namespace, Some(*id)).await.unwrap();
+        assert_eq!(n, *chunks as u64, "document {id}");
+        all_points += n;
+    }
+    assert_eq!(store.count(&namespace, None).await.unwrap(), all_points);
+    let usage: (i64, i64) =
+        sqlx::query_as("SELECT documents, storage_bytes FROM tenant_usage WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let stored: i64 = documents.iter().map(|d| d.2).sum();
+    assert_eq!(usage, (documents.len() as i64, stored));
+    documents.len()
+}

@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tenantry::config::{
-    ENV_DATA_DIR, ENV_HTTP_ADDR, ENV_SHUTDOWN_GRACE_SECS, ENV_WORKER_IN_FLIGHT, ENV_WORKER_PREFETCH,
+    ENV_DATA_DIR, ENV_JOBS_PER_MESSAGE, ENV_SHUTDOWN_GRACE_SECS, ENV_WORKER_IN_FLIGHT,
+    ENV_WORKER_PREFETCH,
 };
-use tenantry_tests::{ADMIN_TOKEN, DEADLINE, FleetIds, TestEnv, eventually};
+use tenantry_tests::{DEADLINE, FleetIds, TestEnv, eventually};
 
-use super::faults::{EmbedServer, Reply, sigterm, spawn_binary};
+use super::faults::{
+    EmbedServer, FleetHttp, Reply, points_once_and_usage_exact, sigterm, spawn_binary,
+    stops_cleanly,
+};
 use super::{ns, refs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,7 +28,11 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
         }
     }))
     .await;
-    let settings = server.settings();
+    let mut settings = server.settings();
+    // One job per message, so that "the job in hand" and "the prefetched messages" are
+    // jobs (a message otherwise carries a group of a tenant's jobs, which a worker
+    // finishes together).
+    settings.push((ENV_JOBS_PER_MESSAGE, "1".into()));
     let env = TestEnv::start_with(0, &refs(&settings)).await;
     let key = env.tenant("patient").await;
     let mut jobs = Vec::new();
@@ -125,14 +133,6 @@ async fn sigterm_finishes_the_job_in_hand_and_exits_zero() {
     env.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn document(i: usize) -> String {
     (0..120)
         .map(|s| format!("Batch document {i}, sentence {s}, survives a crash of the whole fleet."))
@@ -144,7 +144,6 @@ fn document(i: usize) -> String {
 async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     tenantry_tests::init_logs();
     let ids = FleetIds::new();
-    let base = format!("http://127.0.0.1:{}", free_port());
     let mut vars = ids.env();
     // Every embedding takes 50 ms, so the kill lands with jobs in flight and most of the
     // backlog still waiting (a hashing embedder finishes the batch before the kill).
@@ -152,52 +151,16 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     for (k, v) in server.settings() {
         vars.insert(k.to_owned(), v);
     }
-    vars.insert(
-        ENV_HTTP_ADDR.into(),
-        base.trim_start_matches("http://").to_owned(),
-    );
-    let http = tenantry::tls::http_client().build().unwrap();
-    let ready = || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    };
+    let api = FleetHttp::new(&mut vars);
 
     let mut fleet = spawn_binary("dispatcher", &["--workers", "2"], &vars);
-    eventually("the fleet to be ready", ready).await;
-    let r = http
-        .post(format!("{base}/v1/admin/tenants"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "id": "survivor", "name": "Survivor", "email": "s@example.com" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let key: Value = http
-        .post(format!("{base}/v1/admin/tenants/survivor/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
+    eventually("the fleet to be ready", || api.ready()).await;
+    let key = api.tenant_key("survivor").await;
     // Submitted in batches, so the whole backlog exists early.
     let total = 200;
     for first in (0..total).step_by(100) {
-        let documents: Vec<Value> = (first..first + 100)
-            .map(|i| json!({ "text": document(i) }))
-            .collect();
-        let r = http
-            .post(format!("{base}/v1/jobs/batch"))
-            .bearer_auth(&key)
-            .json(&json!({ "documents": documents }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(body["accepted"], 100, "{body}");
+        api.submit_batch(&key, (first..first + 100).map(document).collect())
+            .await;
     }
 
     let pool = sqlx::PgPool::connect(&ids.database_url).await.unwrap();
@@ -215,48 +178,22 @@ async fn sigkill_mid_batch_then_restart_finishes_every_job_exactly_once() {
     fleet.wait().await.unwrap();
     let at_kill = finished().await;
 
-    let mut fleet = spawn_binary("dispatcher", &["--workers", "2"], &vars);
-    eventually("the restarted fleet to be ready", ready).await;
+    let fleet = spawn_binary("dispatcher", &["--workers", "2"], &vars);
+    eventually("the restarted fleet to be ready", || api.ready()).await;
     eventually("every job to finish after the restart", || async {
         (finished().await == total as i64).then_some(())
     })
     .await;
-    sigterm(&fleet).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), fleet.wait())
-        .await
-        .expect("the fleet stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    stops_cleanly(fleet).await;
 
-    // Each document's points exist exactly once; usage is the sum over documents.
-    let store = tenantry::vector::open(&ids.settings(&[])).await.unwrap();
-    let namespace = ns(&ids.prefix, "survivor");
-    let documents: Vec<(uuid::Uuid, i32, i64)> =
-        sqlx::query_as("SELECT id, chunks, stored_bytes FROM documents WHERE state = 'INGESTED'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(documents.len(), total);
-    let mut all_points = 0;
-    for (id, chunks, _) in &documents {
-        let n = store.count(&namespace, Some(*id)).await.unwrap();
-        assert_eq!(n, *chunks as u64, "document {id}");
-        all_points += n;
-    }
-    assert_eq!(store.count(&namespace, None).await.unwrap(), all_points);
-    let usage: (i64, i64) = sqlx::query_as(
-        "SELECT documents, storage_bytes FROM tenant_usage WHERE tenant_id = 'survivor'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let stored: i64 = documents.iter().map(|d| d.2).sum();
-    assert_eq!(usage, (total as i64, stored));
+    assert_eq!(
+        points_once_and_usage_exact(&ids, &pool, "survivor").await,
+        total
+    );
     assert!(
         at_kill < total as i64,
         "killed mid-batch ({at_kill} of {total} had finished)"
     );
-    drop(store);
     pool.close().await;
     tenantry_tests::cleanup(&ids).await;
 }
