@@ -30,10 +30,14 @@ async fn set_quotas(env: &TestEnv, tenant: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-/// (documents, storage_bytes, processing_jobs) of the tenant's counters.
+/// (documents, storage_bytes, processing_jobs) of the tenant: its counters, and how many
+/// of its jobs a worker is processing. (PROCESSING_JOBS is no longer a counter row: the
+/// pump holds a tenant's jobs in flight to it, see `db::jobs::claim_backlog`.)
 async fn counters(env: &TestEnv, tenant: &str) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT documents, storage_bytes, processing_jobs FROM tenant_usage WHERE tenant_id = $1",
+        "SELECT documents, storage_bytes,
+                (SELECT count(*) FROM jobs j WHERE j.tenant_id = u.tenant_id AND j.status = 'PROCESSING')
+           FROM tenant_usage u WHERE tenant_id = $1",
     )
     .bind(tenant)
     .fetch_one(env.pool())
@@ -245,6 +249,19 @@ async fn cancelling_and_failing_a_job_give_its_reservation_back() {
     };
     let (r1, r2) = (reserved(&first).await, reserved(&second).await);
     assert!(r1 > 0 && r2 > r1);
+    // The pump publishes only an ACTIVE tenant's backlog: both jobs must be on the
+    // broker before the tenant is made inactive below, or the second would stay in
+    // the backlog and never reach the worker.
+    eventually("both jobs to be published", || async {
+        let unpublished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant_id = 'acme' AND published_at IS NULL",
+        )
+        .fetch_one(env.pool())
+        .await
+        .ok()?;
+        (unpublished == 0).then_some(())
+    })
+    .await;
     assert_eq!(counters(&env, "acme").await, (2, r1 + r2, 0));
 
     let r = env
