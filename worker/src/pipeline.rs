@@ -242,7 +242,7 @@ async fn process_group(ctx: &WorkerContext, message: JobMessage) -> Disposition 
                 timings: Map::new(),
             }),
             StartOutcome::AlreadyDone(status) => {
-                tracing::debug!(job_id = %reference.job_id, %status, "Duplicate delivery of an ended job.");
+                tracing::debug!(job_id = %reference.job_id, %status, "Duplicate delivery of a job ended or held by another delivery.");
             }
             StartOutcome::Unknown => disposition.actions.push(Action::Dead {
                 reason: format!("no job {} for tenant {}", reference.job_id, tenant.id),

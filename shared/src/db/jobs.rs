@@ -975,7 +975,8 @@ pub struct StartedJob {
 pub enum StartOutcome {
     /// Go ahead: the job is PROCESSING.
     Started(Box<StartedJob>),
-    /// Already ended (a redelivery after the work was recorded): nothing to do.
+    /// Already ended (a redelivery after the work was recorded), or PROCESSING for
+    /// another delivery of it in the same batch: nothing to do.
     AlreadyDone(JobStatus),
     /// No such job for this tenant.
     Unknown,
@@ -1082,14 +1083,23 @@ pub async fn start_many(
         }
     }
     tx.commit().await?;
+    // A job twice in one batch (two deliveries of it, e.g. published again after a
+    // pump's round was lost to an outage) is started once: the first delivery has it,
+    // the others find it PROCESSING.
+    let mut answered = HashSet::with_capacity(jobs.len());
     Ok(jobs
         .iter()
-        .map(|(_, id)| match started.remove(id) {
-            Some(job) => StartOutcome::Started(Box::new(job)),
-            None => match ended.get(id) {
-                Some(status) => StartOutcome::AlreadyDone(*status),
-                None => StartOutcome::Unknown,
-            },
+        .map(|(_, id)| {
+            if !answered.insert(*id) {
+                return StartOutcome::AlreadyDone(JobStatus::Processing);
+            }
+            match started.remove(id) {
+                Some(job) => StartOutcome::Started(Box::new(job)),
+                None => match ended.get(id) {
+                    Some(status) => StartOutcome::AlreadyDone(*status),
+                    None => StartOutcome::Unknown,
+                },
+            }
         })
         .collect())
 }

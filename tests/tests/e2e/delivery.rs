@@ -632,6 +632,53 @@ async fn concurrent_repeats_make_one_job_and_redelivery_doubles_nothing() {
     env.stop().await;
 }
 
+/// Two deliveries of one job can land in one start batch (the pump publishes a round
+/// again when its commit was lost to an outage): the job starts once, the other
+/// delivery is told it is held, and neither is mistaken for a job that does not exist
+/// (which would dead-letter it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_twice_in_one_start_batch_starts_once_and_is_never_unknown() {
+    use tenantry::db::jobs::{StartOutcome, start_many};
+    use tenantry::job::JobStatus;
+
+    let env = TestEnv::start(0).await;
+    let key = env.tenant("twice").await;
+    let accepted = env
+        .submit(&key, json!({ "text": "Delivered twice." }))
+        .await;
+    let job: Uuid = accepted["job_id"].as_str().unwrap().parse().unwrap();
+    let tenant = TenantId::parse("twice").unwrap();
+    let stranger = Uuid::new_v4();
+    let batch = [
+        (tenant.clone(), job),
+        (tenant.clone(), stranger),
+        (tenant.clone(), job),
+    ];
+    let outcomes = start_many(env.pool(), &batch, "test-worker").await.unwrap();
+    assert!(
+        matches!(&outcomes[0], StartOutcome::Started(j) if j.doc.job_id == job && j.attempt == 1),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[1], StartOutcome::Unknown), "{outcomes:?}");
+    assert!(
+        matches!(
+            outcomes[2],
+            StartOutcome::AlreadyDone(JobStatus::Processing)
+        ),
+        "{outcomes:?}"
+    );
+    let (status, attempts, history): (String, i32, i64) = sqlx::query_as(
+        "SELECT status, attempts, (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id)
+           FROM jobs j WHERE id = $1",
+    )
+    .bind(job)
+    .fetch_one(env.pool())
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts, history), ("PROCESSING", 1, 1));
+    env.stop().await;
+}
+
 async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
