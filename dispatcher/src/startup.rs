@@ -23,13 +23,16 @@ use crate::auth::KeyCache;
 use crate::mover::Mover;
 use crate::pump::Pump;
 use crate::rate_limit::CallShaper;
-use crate::routes::router;
+use crate::routes::{ops_admin, router};
 use crate::state::{AppState, Inner};
 use crate::submitter::Submitter;
 use crate::webhooks::Deliverer;
 
 pub struct Application {
     listener: TcpListener,
+    /// The operator-only listener (`TENANTRY_METRICS_ADDR`): `/metrics` without
+    /// credentials, for a scraper on a network tenants do not reach.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     /// Workers run inside this process (`--workers N`), sharing its vector store.
     workers: usize,
@@ -63,6 +66,14 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         let state = AppState::new(Inner {
             keys: KeyCache::new(settings.auth_cache_ttl),
             calls: CallShaper::default(),
@@ -80,6 +91,7 @@ impl Application {
         });
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             workers,
         })
@@ -89,6 +101,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.state.settings.http_addr)
+    }
+
+    /// Where the operator-only `/metrics` is served, if `TENANTRY_METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -151,6 +170,18 @@ impl Application {
                 stop.child_token(),
             ))
         });
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let app = ops_admin::operator_router(state.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::warn!(error = %e, "The metrics listener stopped.");
+                }
+            })
+        });
         tracing::info!(
             addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             workers = self.workers,
@@ -161,6 +192,9 @@ impl Application {
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .context("serving HTTP")?;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         if let Some(task) = workers_task {
             task.await.context("worker task")??;
         }

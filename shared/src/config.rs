@@ -259,7 +259,9 @@ pub struct Settings {
     pub edge: crate::vector::edge::EdgeOptions,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
-    /// Where a `worker` process serves `/metrics`; None: not at all.
+    /// Where a `worker` or `dispatcher` process serves `/metrics` to the operator,
+    /// without credentials; None: not at all (a dispatcher still serves it to the
+    /// admin token on its API port).
     pub metrics_addr: Option<SocketAddr>,
     /// Tenants labelled by name in per-tenant metrics (the rest are "other").
     pub metrics_top_tenants: usize,
