@@ -12,6 +12,7 @@ use tenantry::config::Settings;
 use tenantry::fleet::BrokerProbe;
 use tenantry::job::Signer;
 use tenantry::metrics::Metrics;
+use tenantry::webhook::sealing::SecretSealer;
 use tenantry::{db, embed, vector};
 use tenantry_worker::heartbeat::Mode;
 use tenantry_worker::{Resources, run_workers};
@@ -50,6 +51,18 @@ impl Application {
         let pool = db::connect_with_retry(&settings.database_url, 16 + 2 * workers as u32, stop)
             .await
             .context("connecting to PostgreSQL")?;
+        // Webhook secrets stored in clear, or under a sealing key being rotated out,
+        // are sealed under the current key before anything reads them.
+        let sealer = SecretSealer::from_settings(&settings);
+        let resealed = db::webhooks::reseal_secrets(&pool, &sealer)
+            .await
+            .context("sealing webhook secrets under TENANTRY_SECRETS_KEY")?;
+        if resealed > 0 {
+            tracing::info!(
+                tenants = resealed,
+                "Webhook signing secrets sealed under the current key."
+            );
+        }
         let store = vector::open(&settings).await?;
         let embedder = embed::from_settings(&settings.embedder)?;
         // What the store's last checkpoint did not cover is re-derived before anything
@@ -87,6 +100,7 @@ impl Application {
             broker_up: Arc::new(AtomicBool::new(false)),
             metrics: Metrics::shared(),
             probe: BrokerProbe::new(&settings.amqp_url, "tenantry-dispatcher-probe"),
+            sealer,
             settings,
         });
         Ok(Self {
