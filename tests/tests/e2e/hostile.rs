@@ -276,6 +276,19 @@ async fn hostile_nul_is_refused_wherever_a_string_reaches_postgres() {
         assert_error(r, 400, "invalid_query").await;
     }
 
+    // Ids in a path are parsed before anything is read: a NUL there names nothing.
+    let r = env.get(&key, "/v1/jobs/a%00b").await;
+    assert_error(r, 404, "not_found").await;
+    let r = env.admin_get("/v1/admin/tenants/acme%00").await;
+    assert_error(r, 404, "not_found").await;
+    let r = env
+        .http
+        .delete(env.url("/v1/documents/%00"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "not_found").await;
     assert_eq!(rows(&env).await, before);
     env.stop().await;
 }
