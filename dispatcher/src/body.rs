@@ -15,7 +15,7 @@
 //!
 //! Errors carry the path of the offending value (`serde_path_to_error`).
 
-use serde::de::value::BorrowedStrDeserializer;
+use serde::de::value::StringDeserializer;
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
     Unexpected, VariantAccess, Visitor,
@@ -31,8 +31,9 @@ pub struct BodyError {
     pub message: String,
 }
 
-/// Reads `T` from a parsed body with the rules above.
-pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, BodyError> {
+/// Reads `T` from a parsed body with the rules above. The body is consumed: its strings
+/// move into `T` rather than being copied (a document's text is most of a request).
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, BodyError> {
     serde_path_to_error::deserialize(Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         // A key that could not be read is written `?`: name the object holding it.
@@ -73,19 +74,22 @@ fn unexpected(value: &Value) -> Unexpected<'_> {
     }
 }
 
-/// A deserializer over a borrowed [`Value`] that keeps the rules of this module.
-struct Strict<'de>(&'de Value);
+/// A deserializer over a parsed [`Value`] that keeps the rules of this module.
+struct Strict(Value);
 
-impl<'de> de::Deserializer<'de> for Strict<'de> {
+impl<'de> de::Deserializer<'de> for Strict {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Null => visitor.visit_unit(),
-            Value::Bool(b) => visitor.visit_bool(*b),
+            Value::Bool(b) => visitor.visit_bool(b),
             Value::Number(n) => de::Deserializer::deserialize_any(n, visitor),
-            Value::String(s) => visitor.visit_borrowed_str(checked(s)?),
-            Value::Array(items) => visitor.visit_seq(Items(items.iter())),
+            Value::String(s) => {
+                checked(&s)?;
+                visitor.visit_string(s)
+            }
+            Value::Array(items) => visitor.visit_seq(Items(items.into_iter())),
             Value::Object(map) => visitor.visit_map(Entries::new(map)),
         }
     }
@@ -113,7 +117,10 @@ impl<'de> de::Deserializer<'de> for Strict<'de> {
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Object(map) => visitor.visit_map(Entries::new(map)),
-            other => Err(de::Error::invalid_type(unexpected(other), &"a JSON object")),
+            other => Err(de::Error::invalid_type(
+                unexpected(&other),
+                &"a JSON object",
+            )),
         }
     }
 
@@ -124,19 +131,20 @@ impl<'de> de::Deserializer<'de> for Strict<'de> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::String(s) => visitor.visit_enum(checked(s)?.into_deserializer()),
+            Value::String(s) => {
+                checked(&s)?;
+                visitor.visit_enum(s.into_deserializer())
+            }
             Value::Object(map) if map.len() == 1 => {
-                let (variant, value) = map
-                    .iter()
+                let (name, value) = map
+                    .into_iter()
                     .next()
                     .ok_or_else(|| de::Error::invalid_length(0, &"an object with one variant"))?;
-                visitor.visit_enum(Variant {
-                    name: checked(variant)?,
-                    value,
-                })
+                checked(&name)?;
+                visitor.visit_enum(Variant { name, value })
             }
             other => Err(de::Error::invalid_type(
-                unexpected(other),
+                unexpected(&other),
                 &"a string or an object with one key",
             )),
         }
@@ -152,9 +160,9 @@ impl<'de> de::Deserializer<'de> for Strict<'de> {
     }
 }
 
-struct Items<'de>(std::slice::Iter<'de, Value>);
+struct Items(std::vec::IntoIter<Value>);
 
-impl<'de> SeqAccess<'de> for Items<'de> {
+impl<'de> SeqAccess<'de> for Items {
     type Error = serde_json::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
@@ -172,21 +180,21 @@ impl<'de> SeqAccess<'de> for Items<'de> {
     }
 }
 
-struct Entries<'de> {
-    entries: serde_json::map::Iter<'de>,
-    value: Option<&'de Value>,
+struct Entries {
+    entries: serde_json::map::IntoIter,
+    value: Option<Value>,
 }
 
-impl<'de> Entries<'de> {
-    fn new(map: &'de Map<String, Value>) -> Self {
+impl Entries {
+    fn new(map: Map<String, Value>) -> Self {
         Self {
-            entries: map.iter(),
+            entries: map.into_iter(),
             value: None,
         }
     }
 }
 
-impl<'de> MapAccess<'de> for Entries<'de> {
+impl<'de> MapAccess<'de> for Entries {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -196,9 +204,9 @@ impl<'de> MapAccess<'de> for Entries<'de> {
         let Some((key, value)) = self.entries.next() else {
             return Ok(None);
         };
+        checked(&key)?;
         self.value = Some(value);
-        seed.deserialize(BorrowedStrDeserializer::new(checked(key)?))
-            .map(Some)
+        seed.deserialize(StringDeserializer::new(key)).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(
@@ -217,31 +225,31 @@ impl<'de> MapAccess<'de> for Entries<'de> {
 }
 
 /// An enum written as `{"variant": value}`.
-struct Variant<'de> {
-    name: &'de str,
-    value: &'de Value,
+struct Variant {
+    name: String,
+    value: Value,
 }
 
-impl<'de> EnumAccess<'de> for Variant<'de> {
+impl<'de> EnumAccess<'de> for Variant {
     type Error = serde_json::Error;
-    type Variant = Strict<'de>;
+    type Variant = Strict;
 
     fn variant_seed<S: DeserializeSeed<'de>>(
         self,
         seed: S,
     ) -> Result<(S::Value, Self::Variant), Self::Error> {
-        let name = seed.deserialize(BorrowedStrDeserializer::new(self.name))?;
+        let name = seed.deserialize(StringDeserializer::new(self.name))?;
         Ok((name, Strict(self.value)))
     }
 }
 
-impl<'de> VariantAccess<'de> for Strict<'de> {
+impl<'de> VariantAccess<'de> for Strict {
     type Error = serde_json::Error;
 
     fn unit_variant(self) -> Result<(), Self::Error> {
         match self.0 {
             Value::Null => Ok(()),
-            other => Err(de::Error::invalid_type(unexpected(other), &"null")),
+            other => Err(de::Error::invalid_type(unexpected(&other), &"null")),
         }
     }
 
@@ -301,7 +309,7 @@ mod tests {
 
     #[test]
     fn objects_read_as_serde_would() {
-        let body: Body = from_value(&json!({
+        let body: Body = from_value(json!({
             "text": "hi",
             "options": {"size": 7, "mode": {"Sized": 3}},
             "extra": {"a": [1, -2, 2.5, null, true, "s"]},
@@ -319,42 +327,42 @@ mod tests {
             body.extra,
             Some(json!({"a": [1, -2, 2.5, null, true, "s"]}))
         );
-        let fixed: Options = from_value(&json!({"size": 1, "mode": "Fixed"})).unwrap();
+        let fixed: Options = from_value(json!({"size": 1, "mode": "Fixed"})).unwrap();
         assert_eq!(fixed.mode, Some(Mode::Fixed));
     }
 
     #[test]
     fn arrays_are_not_structs_at_any_depth() {
-        let top = from_value::<Body>(&json!(["some text"])).unwrap_err();
+        let top = from_value::<Body>(json!(["some text"])).unwrap_err();
         assert!(top.message.contains("expected a JSON object"), "{top:?}");
-        let nested = from_value::<Body>(&json!({"text": "x", "options": [600, null]})).unwrap_err();
+        let nested = from_value::<Body>(json!({"text": "x", "options": [600, null]})).unwrap_err();
         assert_eq!(nested.path, "options");
         // Arrays stay arrays where the type is one (a Value, a Vec).
-        from_value::<Vec<u32>>(&json!([1, 2])).unwrap();
+        from_value::<Vec<u32>>(json!([1, 2])).unwrap();
     }
 
     #[test]
     fn nul_is_refused_in_values_and_keys_with_its_path() {
-        let value = from_value::<Body>(&json!({"text": "a\u{0}b"})).unwrap_err();
+        let value = from_value::<Body>(json!({"text": "a\u{0}b"})).unwrap_err();
         assert_eq!(value.path, "text");
         assert!(value.message.contains("NUL"), "{value:?}");
         let deep =
-            from_value::<Body>(&json!({"text": "x", "extra": {"k": ["ok", "\u{0}"]}})).unwrap_err();
+            from_value::<Body>(json!({"text": "x", "extra": {"k": ["ok", "\u{0}"]}})).unwrap_err();
         assert_eq!(deep.path, "extra.k[1]");
-        let key = from_value::<Value>(&json!({"a": {"b\u{0}": 1}})).unwrap_err();
+        let key = from_value::<Value>(json!({"a": {"b\u{0}": 1}})).unwrap_err();
         assert!(key.message.contains("NUL"), "{key:?}");
         assert_eq!(key.path, "a");
-        let top = from_value::<Value>(&json!({"\u{0}": 1})).unwrap_err();
+        let top = from_value::<Value>(json!({"\u{0}": 1})).unwrap_err();
         assert_eq!(top.path, ".");
     }
 
     #[test]
     fn wrong_types_are_still_refused() {
-        let e = from_value::<Body>(&json!({"text": 42})).unwrap_err();
+        let e = from_value::<Body>(json!({"text": 42})).unwrap_err();
         assert_eq!(e.path, "text");
-        let e = from_value::<Body>(&json!({"text": "x", "turbo": true})).unwrap_err();
+        let e = from_value::<Body>(json!({"text": "x", "turbo": true})).unwrap_err();
         assert!(e.message.contains("unknown field"), "{e:?}");
-        let e = from_value::<Options>(&json!({"size": -1})).unwrap_err();
+        let e = from_value::<Options>(json!({"size": -1})).unwrap_err();
         assert_eq!(e.path, "size");
     }
 }

@@ -26,7 +26,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => from_value(&value).map(Self),
+            Ok(axum::Json(value)) => from_value(value).map(Self),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
@@ -100,7 +100,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// Reads `T` from a parsed body ([`body::from_value`]): a value that does not fit is a
 /// 422 naming its field (`error.field`: the path, or the unknown field's name).
-pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     body::from_value(value).map_err(|BodyError { path, message }| {
         let field = if path.is_empty() || path == "." {
             // serde names an unknown field only in its message: "unknown field `x`, …".
@@ -119,7 +119,7 @@ pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
 /// Parses JSON from raw bytes with the same rules and errors as [`ApiJson`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
-    from_value(&value)
+    from_value(value)
 }
 
 /// `Path<T>` with our errors.

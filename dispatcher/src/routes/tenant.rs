@@ -61,7 +61,7 @@ fn parse_config(caller: &Caller, value: Value) -> ApiResult<TenantConfig> {
             ));
         }
     }
-    let config: TenantConfig = crate::extract::from_value(&Value::Object(obj))?;
+    let config: TenantConfig = crate::extract::from_value(Value::Object(obj))?;
     config
         .validate()
         .map_err(|e| ApiError::invalid(&e.field, e.message))?;
