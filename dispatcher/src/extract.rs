@@ -2,15 +2,19 @@
 //! malformed JSON → 400, a valid JSON document with wrong fields or types → 422,
 //! too large → 413, wrong content type → 415, a bad path or query → 400.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use crate::body::{self, BodyError};
 use crate::error::ApiError;
 
-/// `Json<T>` with our errors.
+/// `Json<T>` with our errors, read by [`body::from_value`]: no NUL anywhere, and an
+/// object wherever `T` (or a struct inside it) expects one.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -21,74 +25,101 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
+        match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => from_value(value).map(Self),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
+/// The raw body with our errors (a body over the limit is the JSON 413 of every other
+/// endpoint), for handlers that look at the bytes before choosing a type; they read
+/// it with [`parse_json`].
+pub struct ApiBytes(pub Bytes);
+
+impl<S> FromRequest<S> for ApiBytes
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(bytes_rejection)
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "request body exceeds the configured limit (TENANTRY_MAX_BODY_BYTES)",
+    )
+}
+
+fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        ApiError::bad_request("bad_request", rejection.body_text())
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(
+        "malformed_json",
+        format!("request body is not valid JSON: {e}"),
+    )
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_value",
-            // serde's message names the field ("unknown field `x`", "missing field `text`").
-            format!(
-                "invalid request body: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.body_text())
-            ),
+        // Only a value nested deeper than serde_json's recursion limit gets here (any
+        // JSON document is a `Value`): not something this API can read.
+        JsonRejection::JsonDataError(e) => malformed(
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.body_text()),
         ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
-            "malformed_json",
-            format!(
-                "request body is not valid JSON: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.body_text())
-            ),
+        JsonRejection::JsonSyntaxError(e) => malformed(
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.body_text()),
         ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request body exceeds the configured limit (TENANTRY_MAX_BODY_BYTES)",
-        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         other => ApiError::bad_request("bad_request", other.body_text()),
     }
 }
 
-/// Parses JSON from raw bytes with the same error mapping as [`ApiJson`].
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        if inner.is_data() {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_value",
-                format!("invalid request body: {e}"),
-            )
+/// Reads `T` from a parsed body ([`body::from_value`]): a value that does not fit is a
+/// 422 naming its field (`error.field`: the path, or the unknown field's name).
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    body::from_value(value).map_err(|BodyError { path, message }| {
+        let field = if path.is_empty() || path == "." {
+            // serde names an unknown field only in its message: "unknown field `x`, …".
+            message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or("body")
+                .to_owned()
         } else {
-            ApiError::bad_request(
-                "malformed_json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        }
-    })?;
-    de.end().map_err(|e| {
-        ApiError::bad_request(
-            "malformed_json",
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    Ok(value)
+            path
+        };
+        ApiError::invalid(&field, format!("invalid request body: {message}"))
+    })
+}
+
+/// Parses JSON from raw bytes with the same rules and errors as [`ApiJson`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    from_value(value)
 }
 
 /// `Path<T>` with our errors.
@@ -156,6 +187,17 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The one way a NUL reaches a query value (see `body` for why it may not).
+        if parts
+            .uri
+            .query()
+            .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "the query string must not contain the NUL character (%00)",
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(query_rejection(rejection)),

@@ -10,8 +10,10 @@
 //! - [`webhooks`]: the webhook delivery loop over the Postgres outbox.
 //! - [`error`]: the one API error type and its stable codes.
 //! - [`extract`]: JSON, path and query extractors with our error shape.
+//! - [`body`]: the rules every JSON body is read by (no NUL, objects for structs).
 
 pub mod auth;
+pub mod body;
 pub mod demo;
 pub mod documents;
 pub mod error;

@@ -12,6 +12,7 @@ use tenantry::config::Settings;
 use tenantry::fleet::BrokerProbe;
 use tenantry::job::Signer;
 use tenantry::metrics::Metrics;
+use tenantry::webhook::sealing::SecretSealer;
 use tenantry::{db, embed, vector};
 use tenantry_worker::heartbeat::Mode;
 use tenantry_worker::{Resources, run_workers};
@@ -23,13 +24,16 @@ use crate::auth::KeyCache;
 use crate::mover::Mover;
 use crate::pump::Pump;
 use crate::rate_limit::CallShaper;
-use crate::routes::router;
+use crate::routes::{ops_admin, router};
 use crate::state::{AppState, Inner};
 use crate::submitter::Submitter;
 use crate::webhooks::Deliverer;
 
 pub struct Application {
     listener: TcpListener,
+    /// The operator-only listener (`TENANTRY_METRICS_ADDR`): `/metrics` without
+    /// credentials, for a scraper on a network tenants do not reach.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     /// Workers run inside this process (`--workers N`), sharing its vector store.
     workers: usize,
@@ -47,6 +51,18 @@ impl Application {
         let pool = db::connect_with_retry(&settings.database_url, 16 + 2 * workers as u32, stop)
             .await
             .context("connecting to PostgreSQL")?;
+        // Webhook secrets stored in clear, or under a sealing key being rotated out,
+        // are sealed under the current key before anything reads them.
+        let sealer = SecretSealer::from_settings(&settings);
+        let resealed = db::webhooks::reseal_secrets(&pool, &sealer)
+            .await
+            .context("sealing webhook secrets under TENANTRY_SECRETS_KEY")?;
+        if resealed > 0 {
+            tracing::info!(
+                tenants = resealed,
+                "Webhook signing secrets sealed under the current key."
+            );
+        }
         let store = vector::open(&settings).await?;
         let embedder = embed::from_settings(&settings.embedder)?;
         // What the store's last checkpoint did not cover is re-derived before anything
@@ -63,6 +79,14 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         let state = AppState::new(Inner {
             keys: KeyCache::new(settings.auth_cache_ttl),
             calls: CallShaper::default(),
@@ -76,10 +100,12 @@ impl Application {
             broker_up: Arc::new(AtomicBool::new(false)),
             metrics: Metrics::shared(),
             probe: BrokerProbe::new(&settings.amqp_url, "tenantry-dispatcher-probe"),
+            sealer,
             settings,
         });
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             workers,
         })
@@ -89,6 +115,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.state.settings.http_addr)
+    }
+
+    /// Where the operator-only `/metrics` is served, if `TENANTRY_METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -151,6 +184,18 @@ impl Application {
                 stop.child_token(),
             ))
         });
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let app = ops_admin::operator_router(state.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::warn!(error = %e, "The metrics listener stopped.");
+                }
+            })
+        });
         tracing::info!(
             addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             workers = self.workers,
@@ -161,6 +206,9 @@ impl Application {
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .context("serving HTTP")?;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         if let Some(task) = workers_task {
             task.await.context("worker task")??;
         }

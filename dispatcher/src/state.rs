@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tenantry::webhook::sealing::SecretSealer;
 
 use sqlx::PgPool;
 use tenantry::broker::Topology;
@@ -41,6 +42,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Reads queue depth and consumers for `/metrics` and `/v1/admin/queues`.
     pub probe: BrokerProbe,
+    /// Seals webhook signing secrets before they are stored.
+    pub sealer: SecretSealer,
 }
 
 impl AppState {

@@ -16,6 +16,7 @@ use tenantry::db::webhooks::{self as outbox, DueEvent};
 use tenantry::metrics::Metrics;
 use tenantry::quota::QuotaExceeded;
 use tenantry::tenancy::TenantId;
+use tenantry::webhook::sealing::SecretSealer;
 use tenantry::webhook::sender::{AttemptResult, Delivery, Sender};
 use tenantry::webhook::{RetrySchedule, event_body, signature};
 use tokio::sync::Semaphore;
@@ -39,6 +40,8 @@ pub struct Deliverer {
     pub lease: Duration,
     pub poll: Duration,
     pub metrics: Arc<Metrics>,
+    /// Opens the tenants' sealed signing secrets.
+    pub sealer: SecretSealer,
 }
 
 impl Deliverer {
@@ -55,6 +58,7 @@ impl Deliverer {
             lease: w.timeout * 2 + Duration::from_secs(5),
             poll: w.poll,
             metrics,
+            sealer: SecretSealer::from_settings(settings),
         })
     }
 
@@ -78,7 +82,7 @@ impl Deliverer {
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
-                outbox::claim_due(&this.pool, free as i64, this.lease).await
+                outbox::claim_due(&this.pool, &this.sealer, free as i64, this.lease).await
             };
             let pause = match claimed {
                 Ok(due) => {

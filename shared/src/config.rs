@@ -16,6 +16,10 @@ pub const ENV_QUEUE_PREFIX: &str = "TENANTRY_QUEUE_PREFIX";
 pub const ENV_HTTP_ADDR: &str = "TENANTRY_HTTP_ADDR";
 pub const ENV_ADMIN_TOKEN: &str = "TENANTRY_ADMIN_TOKEN";
 pub const ENV_SIGNING_SECRET: &str = "TENANTRY_SIGNING_SECRET";
+/// The key webhook signing secrets are sealed with at rest (`webhook::sealing`).
+pub const ENV_SECRETS_KEY: &str = "TENANTRY_SECRETS_KEY";
+/// The sealing key being rotated out: still opens, never seals.
+pub const ENV_SECRETS_KEY_PREVIOUS: &str = "TENANTRY_SECRETS_KEY_PREVIOUS";
 pub const ENV_VECTOR_BACKEND: &str = "TENANTRY_VECTOR_BACKEND";
 pub const ENV_DATA_DIR: &str = "TENANTRY_DATA_DIR";
 pub const ENV_QDRANT_URL: &str = "QDRANT_URL";
@@ -82,6 +86,8 @@ pub const ALL_ENV_VARS: &[&str] = &[
     ENV_QUEUE_PREFIX,
     ENV_HTTP_ADDR,
     ENV_ADMIN_TOKEN,
+    ENV_SECRETS_KEY,
+    ENV_SECRETS_KEY_PREVIOUS,
     ENV_SIGNING_SECRET,
     ENV_VECTOR_BACKEND,
     ENV_DATA_DIR,
@@ -230,6 +236,10 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
     pub signing_secret: Secret,
+    /// Seals webhook signing secrets at rest; None: a key derived from `signing_secret`.
+    pub secrets_key: Option<Secret>,
+    /// The sealing key being rotated out (opens, never seals).
+    pub secrets_key_previous: Option<Secret>,
     pub vector_backend: VectorBackend,
     pub data_dir: PathBuf,
     pub qdrant_url: String,
@@ -259,7 +269,9 @@ pub struct Settings {
     pub edge: crate::vector::edge::EdgeOptions,
     pub worker: WorkerSettings,
     pub log_format: LogFormat,
-    /// Where a `worker` process serves `/metrics`; None: not at all.
+    /// Where a `worker` or `dispatcher` process serves `/metrics` to the operator,
+    /// without credentials; None: not at all (a dispatcher still serves it to the
+    /// admin token on its API port).
     pub metrics_addr: Option<SocketAddr>,
     /// Tenants labelled by name in per-tenant metrics (the rest are "other").
     pub metrics_top_tenants: usize,
@@ -270,6 +282,17 @@ pub struct Settings {
 pub struct ConfigError {
     pub var: &'static str,
     pub message: String,
+}
+
+/// An optional secret of at least 16 characters.
+fn optional_secret(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
+    match get(var) {
+        Some(t) if t.len() < 16 => Err(bad(var, "must be at least 16 characters")),
+        other => Ok(other.map(Secret)),
+    }
 }
 
 fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
@@ -394,13 +417,10 @@ impl Settings {
             amqp_url: get(ENV_AMQP_URL).unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
             queue_prefix,
             http_addr,
-            admin_token: match get(ENV_ADMIN_TOKEN) {
-                Some(t) if t.len() < 16 => {
-                    return Err(bad(ENV_ADMIN_TOKEN, "must be at least 16 characters"));
-                }
-                other => other.map(Secret),
-            },
+            admin_token: optional_secret(&get, ENV_ADMIN_TOKEN)?,
             signing_secret,
+            secrets_key: optional_secret(&get, ENV_SECRETS_KEY)?,
+            secrets_key_previous: optional_secret(&get, ENV_SECRETS_KEY_PREVIOUS)?,
             vector_backend,
             data_dir: get(ENV_DATA_DIR)
                 .map(PathBuf::from)

@@ -92,6 +92,9 @@ impl Default for FleetIds {
 /// A running all-in-one fleet (dispatcher + in-process workers).
 pub struct TestEnv {
     pub base_url: String,
+    /// The operator-only `/metrics` address (`http://…`), when the test set
+    /// `TENANTRY_METRICS_ADDR`.
+    pub metrics_base_url: Option<String>,
     pub http: reqwest::Client,
     /// Declared before `ids`: fields drop in order, and the embedded store flushes on
     /// drop, so it must go before its temporary data directory does.
@@ -476,11 +479,13 @@ impl TestEnv {
             .await
             .expect("dispatcher builds");
         let base_url = format!("http://{}", app.local_addr());
+        let metrics_base_url = app.metrics_addr().map(|a| format!("http://{a}"));
         let state = app.state().clone();
         let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
         let env = Self {
             ids,
             base_url,
+            metrics_base_url,
             http: tenantry::tls::http_client().build().expect("http client"),
             state,
             stop,

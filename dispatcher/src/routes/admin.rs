@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 const MAX_NAME_LEN: usize = 200;
@@ -276,7 +276,7 @@ pub async fn patch(
     state: State<AppState>,
     admin: Admin,
     id: ApiPath<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
     let value: serde_json::Value = crate::extract::parse_json(&body)?;
     let only_isolation = value
@@ -352,7 +352,7 @@ pub async fn issue_key(
     State(state): State<AppState>,
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
     let id = parse_tenant_id(&id)?;
     // The body is optional here: no body means an unnamed key that never expires.

@@ -56,27 +56,12 @@ struct ValidSubmission {
     params: tenantry::chunk::ChunkParams,
 }
 
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 fn validate(body: SubmitBody, caller: &Caller, field_prefix: &str) -> ApiResult<ValidSubmission> {
     let field = |name: &str| format!("{field_prefix}{name}");
     if body.text.trim().is_empty() {
         return Err(ApiError::invalid(
             &field("text"),
             "must contain some non-whitespace text",
-        ));
-    }
-    if body.text.contains('\0') {
-        return Err(ApiError::invalid(
-            &field("text"),
-            "must not contain NUL characters",
         ));
     }
     let source_type = body.source_type.unwrap_or_else(|| "text".to_owned());
@@ -100,16 +85,6 @@ fn validate(body: SubmitBody, caller: &Caller, field_prefix: &str) -> ApiResult<
         None => caller.tenant.config.default_database(),
     };
     let metadata = body.metadata.unwrap_or_default();
-    let metadata_value = Value::Object(metadata);
-    if has_nul(&metadata_value) {
-        return Err(ApiError::invalid(
-            &field("metadata"),
-            "must not contain NUL characters",
-        ));
-    }
-    let Value::Object(metadata) = metadata_value else {
-        unreachable!("built from an object")
-    };
     if let Some(key) = metadata
         .keys()
         .find(|k| k.is_empty() || k.len() > MAX_METADATA_KEY_LEN)

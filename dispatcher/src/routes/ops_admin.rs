@@ -2,12 +2,13 @@
 //! `GET /v1/admin/queues` (the same view as JSON), and the middleware that counts
 //! refused calls for the metrics.
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tenantry::fleet::{self, QueueView};
@@ -29,11 +30,30 @@ async fn read_queues(state: &AppState) -> Option<Vec<QueueView>> {
     }
 }
 
-/// `GET /metrics`: this process's counters and histograms, and the fleet's queues,
-/// backlog and workers. Postgres being down leaves the Postgres-backed gauges out
-/// rather than failing the scrape (the broker's view is still worth having).
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let queues = read_queues(&state).await;
+/// `GET /metrics` on the public API port: admin token only. The exposition names
+/// tenants (their backlog and in-flight jobs), so a tenant's key may not read it.
+pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Response {
+    render(&state).await
+}
+
+/// The operator-only listener (`TENANTRY_METRICS_ADDR`): `/metrics` without
+/// credentials, as Prometheus scrapes a worker, and `/healthz`. Bind it where only the
+/// operator's network reaches.
+pub fn operator_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { render(&state).await }),
+        )
+        .route("/healthz", get(super::ops::healthz))
+        .with_state(state)
+}
+
+/// This process's counters and histograms, and the fleet's queues, backlog and
+/// workers. Postgres being down leaves the Postgres-backed gauges out rather than
+/// failing the scrape (the broker's view is still worth having).
+async fn render(state: &AppState) -> Response {
+    let queues = read_queues(state).await;
     let snapshot = match fleet::snapshot(&state.pool, state.settings.worker.heartbeat).await {
         Ok(s) => Some(s),
         Err(e) => {

@@ -61,10 +61,10 @@ fn validate(body: SearchBody, caller: &Caller) -> ApiResult<ValidSearch> {
             "must contain some non-whitespace text",
         ));
     }
-    if query.len() > MAX_QUERY_BYTES || query.contains('\0') {
+    if query.len() > MAX_QUERY_BYTES {
         return Err(ApiError::invalid(
             "query",
-            format!("must be at most {MAX_QUERY_BYTES} bytes without NUL characters"),
+            format!("must be at most {MAX_QUERY_BYTES} bytes"),
         ));
     }
     let database = match body.database {
@@ -134,9 +134,7 @@ fn parse_filter(conditions: Map<String, Value>) -> ApiResult<Vec<FieldMatch>> {
             ));
         }
         let value = match value {
-            Value::String(s) if s.len() <= MAX_FILTER_VALUE_LEN && !s.contains('\0') => {
-                MatchValue::Keyword(s)
-            }
+            Value::String(s) if s.len() <= MAX_FILTER_VALUE_LEN => MatchValue::Keyword(s),
             Value::Bool(b) => MatchValue::Bool(b),
             Value::Number(n) if n.as_i64().is_some() => {
                 MatchValue::Integer(n.as_i64().unwrap_or_default())

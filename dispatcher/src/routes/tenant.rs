@@ -61,22 +61,7 @@ fn parse_config(caller: &Caller, value: Value) -> ApiResult<TenantConfig> {
             ));
         }
     }
-    let config: TenantConfig =
-        serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let field = if path.is_empty() || path == "." {
-                // serde names an unknown field only in its message: "unknown field `x`, …".
-                inner
-                    .strip_prefix("unknown field `")
-                    .and_then(|rest| rest.split('`').next())
-                    .unwrap_or("body")
-                    .to_owned()
-            } else {
-                path
-            };
-            ApiError::invalid(&field, inner)
-        })?;
+    let config: TenantConfig = crate::extract::from_value(Value::Object(obj))?;
     config
         .validate()
         .map_err(|e| ApiError::invalid(&e.field, e.message))?;

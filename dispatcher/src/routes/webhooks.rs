@@ -21,8 +21,13 @@ const MAX_PAGE: i64 = 100;
 /// `POST /v1/tenant/webhooks/secret`: issues a new signing secret, shown this once.
 /// The previous one (if any) keeps signing beside it for [`ROTATION_GRACE`].
 pub async fn rotate_secret(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
-    let (secret, previous_until) =
-        outbox::rotate_secret(&state.pool, &caller.tenant.id, ROTATION_GRACE).await?;
+    let (secret, previous_until) = outbox::rotate_secret(
+        &state.pool,
+        &state.sealer,
+        &caller.tenant.id,
+        ROTATION_GRACE,
+    )
+    .await?;
     tracing::info!(tenant_id = %caller.tenant.id, key_id = %caller.key_id, "Webhook secret issued.");
     let body = json!({
         "secret": secret,

@@ -22,6 +22,7 @@ use crate::quota::{QuotaExceeded, ResourceKind, WARNING_PERCENT};
 use crate::tenancy::TenantId;
 use crate::tenant::TenantConfig;
 use crate::webhook::EventType;
+use crate::webhook::sealing::SecretSealer;
 
 /// Delivered and dead events are kept this long for the deliveries view.
 pub const RETENTION_DAYS: i32 = 30;
@@ -233,6 +234,7 @@ pub struct DueEvent {
 /// process dies mid-attempt, the event is due again when the lease ends.
 pub async fn claim_due(
     pool: &PgPool,
+    sealer: &SecretSealer,
     max: i64,
     lease: std::time::Duration,
 ) -> Result<Vec<DueEvent>, sqlx::Error> {
@@ -258,17 +260,31 @@ pub async fn claim_due(
     .await?;
     rows.iter()
         .map(|row| {
+            let tenant: String = row.try_get("tenant_id")?;
             let secret: Option<String> = row.try_get("secret")?;
             let previous: Option<String> = row.try_get("previous_secret")?;
+            let secrets = secret
+                .into_iter()
+                .chain(previous)
+                .filter_map(|stored| match sealer.open(&tenant, &stored) {
+                    Ok(secret) => Some(secret),
+                    Err(e) => {
+                        // The event waits (no secret: never sent unsigned) until the
+                        // operator sets the key that sealed it.
+                        tracing::error!(tenant_id = %tenant, error = %e, "A webhook signing secret does not open.");
+                        None
+                    }
+                })
+                .collect();
             Ok(DueEvent {
                 id: row.try_get("id")?,
-                tenant: row.try_get("tenant_id")?,
+                tenant,
                 event_type: row.try_get("event_type")?,
                 data: row.try_get("payload")?,
                 attempt: row.try_get("attempts")?,
                 created_at: row.try_get("created_at")?,
                 url: row.try_get("url")?,
-                secrets: secret.into_iter().chain(previous).collect(),
+                secrets,
             })
         })
         .collect()
@@ -445,10 +461,12 @@ pub async fn redeliver(
 /// it for `grace`; returns the new secret and until when the old one still signs.
 pub async fn rotate_secret(
     pool: &PgPool,
+    sealer: &SecretSealer,
     tenant: &TenantId,
     grace: std::time::Duration,
 ) -> Result<(String, Option<DateTime<Utc>>), sqlx::Error> {
     let secret = crate::webhook::signature::new_secret();
+    let sealed = sealer.seal(tenant.as_str(), &secret);
     let previous_until: Option<DateTime<Utc>> = sqlx::query_scalar(
         "INSERT INTO webhook_secrets (tenant_id, secret) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO UPDATE
@@ -458,9 +476,58 @@ pub async fn rotate_secret(
       RETURNING previous_until",
     )
     .bind(tenant.as_str())
-    .bind(&secret)
+    .bind(&sealed)
     .bind(grace.as_secs_f64())
     .fetch_one(pool)
     .await?;
     Ok((secret, previous_until))
+}
+
+/// Seals every signing secret not sealed under the sealer's current key (one stored in
+/// clear before sealing, or under the key being rotated out); returns how many rows
+/// changed. Rows are locked while resealed, so dispatchers starting together agree.
+/// A secret that does not open is left as it is (and logged).
+pub async fn reseal_secrets(pool: &PgPool, sealer: &SecretSealer) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT tenant_id, secret, previous_secret FROM webhook_secrets ORDER BY tenant_id FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let reseal = |tenant: &str, stored: &str| -> Option<String> {
+        if sealer.is_current(stored) {
+            return Some(stored.to_owned());
+        }
+        match sealer.open(tenant, stored) {
+            Ok(secret) => Some(sealer.seal(tenant, &secret)),
+            Err(e) => {
+                tracing::error!(tenant_id = %tenant, error = %e, "A webhook signing secret does not open; left as it is.");
+                None
+            }
+        }
+    };
+    let mut changed = 0;
+    for row in rows {
+        let tenant: String = row.try_get("tenant_id")?;
+        let secret: String = row.try_get("secret")?;
+        let previous: Option<String> = row.try_get("previous_secret")?;
+        let new_secret = reseal(&tenant, &secret).unwrap_or_else(|| secret.clone());
+        let new_previous = previous
+            .as_deref()
+            .map(|p| reseal(&tenant, p).unwrap_or_else(|| p.to_owned()));
+        if new_secret == secret && new_previous == previous {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE webhook_secrets SET secret = $2, previous_secret = $3 WHERE tenant_id = $1",
+        )
+        .bind(&tenant)
+        .bind(&new_secret)
+        .bind(&new_previous)
+        .execute(&mut *tx)
+        .await?;
+        changed += 1;
+    }
+    tx.commit().await?;
+    Ok(changed)
 }

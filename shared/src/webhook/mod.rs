@@ -9,6 +9,7 @@
 //! - [`address`]: the server-side request forgery rule — which IP addresses a webhook
 //!   may reach — and a DNS resolver that applies it to the addresses it resolves.
 //! - [`sender`]: the HTTP client (timeouts, no redirects, no proxy, bounded body).
+//! - [`sealing`]: signing secrets sealed at rest under the operator's key.
 
 use std::fmt;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub mod address;
+pub mod sealing;
 pub mod sender;
 pub mod signature;
 

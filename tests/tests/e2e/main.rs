@@ -5,6 +5,7 @@
 mod delivery;
 mod deploy;
 mod fairness;
+mod hostile;
 mod ops;
 mod quotas;
 mod skeleton;

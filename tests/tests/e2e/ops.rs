@@ -142,8 +142,13 @@ async fn rabbitmqctl_counts(queue: &str) -> (u64, u64) {
         .unwrap_or_else(|| panic!("{queue} not listed by rabbitmqctl: {text}"))
 }
 
-async fn scrape(env: &TestEnv, url: &str) -> (String, Vec<Sample>) {
-    let r = env.http.get(url).send().await.unwrap();
+/// Scrapes a `/metrics` URL, with a bearer token where one is given.
+async fn scrape(env: &TestEnv, url: &str, token: Option<&str>) -> (String, Vec<Sample>) {
+    let mut request = env.http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
     assert_eq!(r.status(), 200);
     let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(
@@ -190,9 +195,15 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
             // The broker counts messages: one job per message, so its count is the
             // number of jobs published.
             (config::ENV_JOBS_PER_MESSAGE, "1"),
+            // The operator-only listener, scraped without credentials below.
+            (config::ENV_METRICS_ADDR, "127.0.0.1:0"),
         ],
     )
     .await;
+    let operator_metrics = format!(
+        "{}/metrics",
+        env.metrics_base_url.as_deref().expect("a metrics listener")
+    );
     let key_a = env.tenant("acme").await;
     let key_b = env.tenant("bravo").await;
     for i in 0..7 {
@@ -217,7 +228,7 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
         (counts.0 == 4).then_some(counts)
     })
     .await;
-    let (text, samples) = scrape(&env, &env.url("/metrics")).await;
+    let (text, samples) = scrape(&env, &operator_metrics, None).await;
     let labels = [("queue", jobs_queue.as_str()), ("role", "jobs")];
     assert_eq!(
         find(&samples, "tenantry_queue_messages", &labels),
@@ -315,7 +326,8 @@ async fn metrics_and_the_queues_view_report_the_brokers_count_and_each_tenants_b
         .post(&key_b, "/v1/jobs", json!({ "text": "One too many." }))
         .await;
     tenantry_tests::assert_error(r, 403, "quota_exceeded").await;
-    let (_, samples) = scrape(&env, &env.url("/metrics")).await;
+    // On the public port, with the admin token: the same exposition.
+    let (_, samples) = scrape(&env, &env.url("/metrics"), Some(ADMIN_TOKEN)).await;
     assert_eq!(
         find(
             &samples,
@@ -465,7 +477,7 @@ async fn three_worker_processes_show_in_status_and_a_killed_one_leaves_within_th
         let addr = w["metrics_addr"]
             .as_str()
             .expect("metrics address announced");
-        let (text, samples) = scrape(&env, &format!("http://{addr}/metrics")).await;
+        let (text, samples) = scrape(&env, &format!("http://{addr}/metrics"), None).await;
         assert!(
             find(&samples, "tenantry_queue_consumers", &[("role", "jobs")]).is_some(),
             "{text}"
@@ -661,5 +673,56 @@ async fn tenantryctl_manages_tenants_and_keys_and_backfills_a_directory() {
     .await;
     assert_eq!(view["workers"][0]["mode"], "dispatcher");
     assert_eq!(view["workers"][0]["concurrency"], 2);
+    env.stop().await;
+}
+
+/// `/metrics` names tenants (their backlog): on the API port only the admin token reads
+/// it; a tenant's key or no credentials get the JSON 401 and not a line of it. The
+/// operator's scraper reads it without credentials on `TENANTRY_METRICS_ADDR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_on_the_api_port_need_the_admin_token() {
+    let env = TestEnv::start_with(0, &[(config::ENV_METRICS_ADDR, "127.0.0.1:0")]).await;
+    let key_a = env.tenant("acme").await;
+    let key_b = env.tenant("bravo").await;
+    env.submit(&key_b, json!({ "text": "Bravo's secret backlog." }))
+        .await;
+    let bravo_series = format!("{}{{tenant=\"bravo\"}}", tenantry::metrics::TENANT_BACKLOG);
+    let operator_metrics = format!(
+        "{}/metrics",
+        env.metrics_base_url.as_deref().expect("a metrics listener")
+    );
+    // What is being protected is there for the operator: bravo's backlog by name.
+    let (text, _) = scrape(&env, &operator_metrics, None).await;
+    assert!(text.contains(&bravo_series), "{text}");
+    let (text, _) = scrape(&env, &env.url("/metrics"), Some(ADMIN_TOKEN)).await;
+    assert!(text.contains(&bravo_series), "{text}");
+
+    // Another tenant's key, a wrong token, no credentials: refused, no series.
+    for token in [Some(key_a.as_str()), Some("not-the-admin-token"), None] {
+        let mut request = env.http.get(env.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        let body = tenantry_tests::assert_error(r, 401, "unauthorized").await;
+        assert!(!body.to_string().contains("bravo"), "{body}");
+    }
+    // The operator listener serves metrics and health, not the API.
+    let base = env.metrics_base_url.clone().unwrap();
+    let r = env
+        .http
+        .get(format!("{base}/v1/admin/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = env
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     env.stop().await;
 }

@@ -837,3 +837,71 @@ async fn a_receiver_that_hangs_does_not_hold_up_other_tenants() {
     assert_eq!(slow.log()[0].answered, 0);
     env.stop().await;
 }
+
+/// The stored form of a tenant's current and previous signing secret.
+async fn stored_secrets(env: &TestEnv, tenant: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT secret, previous_secret FROM webhook_secrets WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(env.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signing_secrets_are_sealed_at_rest_and_survive_a_key_rotation() {
+    const KEY_ONE: &str = "sealing-key-one-0123456789";
+    const KEY_TWO: &str = "sealing-key-two-0123456789";
+    // The first dispatcher seals under KEY_ONE and delivers nothing.
+    let mut settings = fast_and(true, config::ENV_WEBHOOK_DELIVERY, "false");
+    settings.push((config::ENV_SECRETS_KEY, KEY_ONE.to_owned()));
+    let env = TestEnv::start_with(1, &refs(&settings)).await;
+    let receiver = Receiver::start().await;
+    let (key, first_secret) = subscribe(&env, "sealed", &receiver.url(), json!({})).await;
+    // A rotation keeps the first secret signing beside the new one: both are stored.
+    let secret = new_secret(&env, &key).await;
+    let (current, previous) = stored_secrets(&env, "sealed").await;
+    let previous = previous.expect("the rotated-out secret is kept for its grace period");
+    for (stored, clear) in [(&current, &secret), (&previous, &first_secret)] {
+        assert!(stored.starts_with("sealed:v1:"), "{stored}");
+        assert!(!stored.contains(clear.trim_start_matches("whsec_")));
+    }
+    // A tenant whose secret was stored in clear before sealing existed.
+    let (legacy_key, legacy_secret) = subscribe(&env, "legacy", &receiver.url(), json!({})).await;
+    sqlx::query("UPDATE webhook_secrets SET secret = $1 WHERE tenant_id = 'legacy'")
+        .bind(&legacy_secret)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    run_job(&env, &key, "Delivered after the key rotation.").await;
+    run_job(&env, &legacy_key, "Delivered after sealing.").await;
+
+    // The operator rotates the sealing key: KEY_TWO seals, KEY_ONE still opens. The
+    // dispatcher that starts reseals every row under KEY_TWO, then delivers.
+    let mut rotated = delivering(true);
+    rotated.push((config::ENV_SECRETS_KEY, KEY_TWO.to_owned()));
+    rotated.push((config::ENV_SECRETS_KEY_PREVIOUS, KEY_ONE.to_owned()));
+    let second = env.add_dispatcher(&refs(&rotated)).await;
+    let (resealed, resealed_previous) = stored_secrets(&env, "sealed").await;
+    assert!(resealed.starts_with("sealed:v1:") && resealed != current);
+    let resealed_previous = resealed_previous.unwrap();
+    assert!(resealed_previous.starts_with("sealed:v1:") && resealed_previous != previous);
+    let (legacy_stored, _) = stored_secrets(&env, "legacy").await;
+    assert!(legacy_stored.starts_with("sealed:v1:"), "{legacy_stored}");
+    assert!(!legacy_stored.contains(legacy_secret.trim_start_matches("whsec_")));
+
+    wait_for_status(&env, &key, 1, "delivered").await;
+    wait_for_status(&env, &legacy_key, 1, "delivered").await;
+    let log = receiver.delivered();
+    assert_eq!(log.len(), 2, "{log:?}");
+    for tenant_secrets in [[&secret, &first_secret], [&legacy_secret, &legacy_secret]] {
+        assert!(
+            log.iter()
+                .any(|r| tenant_secrets
+                    .iter()
+                    .all(|s| signed_with(s, &r.signature, &r.body))),
+            "a delivery signed with each of the tenant's secrets"
+        );
+    }
+    second.stop().await;
+    env.stop().await;
+}
