@@ -1,6 +1,7 @@
-//! The shared conformance suite on the Qdrant server back-end. Runs when `QDRANT_URL` is
-//! set (e.g. `QDRANT_URL=http://127.0.0.1:6334`, with `QDRANT_API_KEY` if the server wants
-//! one); otherwise each test prints one line saying it was skipped, and passes.
+//! The shared conformance suite on the Qdrant server back-end. The cases that need a
+//! server are `#[ignore]`d, so a run without one reports them as ignored rather than as
+//! passed: run them with `QDRANT_URL=http://127.0.0.1:6334 cargo test --test
+//! qdrant_conformance -- --ignored` (with `QDRANT_API_KEY` if the server wants one).
 //!
 //! Every run uses a fleet prefix of its own, so runs sharing a server never meet; the
 //! collections it creates are dropped at the end of each case where the case drops them,
@@ -16,12 +17,16 @@ use tenantry::vector::qdrant::QdrantStore;
 use tenantry::vector::{SharedVectorStore, VectorStore};
 use uuid::Uuid;
 
-/// The store, or `None` (after printing why) when no server is configured.
-async fn store(test: &str) -> Option<QdrantStore> {
-    let Some(url) = std::env::var(ENV_QDRANT_URL).ok().filter(|u| !u.is_empty()) else {
-        println!("skipped {test}: QDRANT_URL is not set (no Qdrant server to test against)");
-        return None;
-    };
+/// The reason every test that needs a server is ignored by default.
+const NEEDS_SERVER: &str = "needs a Qdrant server: set QDRANT_URL";
+
+/// The store at `QDRANT_URL`. An ignored test run without it fails: asked for, it must
+/// not pass having checked nothing.
+async fn store(test: &str) -> QdrantStore {
+    let url = std::env::var(ENV_QDRANT_URL)
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| panic!("{test}: {NEEDS_SERVER}"));
     let key = std::env::var(ENV_QDRANT_API_KEY)
         .ok()
         .filter(|k| !k.is_empty());
@@ -31,7 +36,7 @@ async fn store(test: &str) -> Option<QdrantStore> {
         .await
         .unwrap_or_else(|e| panic!("QDRANT_URL is set but the server does not answer: {e}"));
     println!("{test}: Qdrant {version} at {url}");
-    Some(store)
+    store
 }
 
 fn fleet() -> String {
@@ -41,8 +46,9 @@ fn fleet() -> String {
 macro_rules! conformance_case {
     ($($test:ident => $case:expr),+ $(,)?) => {$(
         #[tokio::test]
+        #[ignore = "needs a Qdrant server: set QDRANT_URL"]
         async fn $test() {
-            let Some(store) = store(stringify!($test)).await else { return };
+            let store = store(stringify!($test)).await;
             for mode in MODES {
                 conformance::run_case(&store, &fleet(), $case, mode).await;
             }
@@ -64,10 +70,9 @@ conformance_case! {
 
 /// Every case, both modes, one client.
 #[tokio::test]
+#[ignore = "needs a Qdrant server: set QDRANT_URL"]
 async fn qdrant_conformance_run_all_on_one_store() {
-    let Some(store) = store("qdrant_conformance_run_all_on_one_store").await else {
-        return;
-    };
+    let store = store("qdrant_conformance_run_all_on_one_store").await;
     let store: SharedVectorStore = Arc::new(store);
     assert_eq!(store.backend(), "qdrant");
     conformance::run_all(store, &fleet()).await;
