@@ -17,6 +17,7 @@ use chrono::Utc;
 use subtle::ConstantTimeEq;
 use tenantry::api_key::{ApiKey, KeyHash};
 use tenantry::db;
+use tenantry::error_code::Code;
 use tenantry::tenant::{Tenant, TenantStatus};
 use uuid::Uuid;
 
@@ -83,18 +84,17 @@ impl KeyCache {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("unauthorized", "missing Authorization: Bearer header")
-    })?;
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing Authorization: Bearer header"))?;
     let value = value
         .to_str()
-        .map_err(|_| ApiError::unauthorized("unauthorized", "malformed Authorization header"))?;
+        .map_err(|_| ApiError::new(Code::Unauthorized, "malformed Authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("unauthorized", "Authorization must be 'Bearer <key>'")
-        })?;
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "Authorization must be 'Bearer <key>'"))?;
     Ok(token.trim())
 }
 
@@ -134,19 +134,19 @@ impl FromRequestParts<AppState> for Submitting {
 /// API key → tenant (cached briefly); refuses expired keys and inactive tenants.
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let token = bearer(parts)?;
-    let key = ApiKey::parse(token)
-        .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+    let key =
+        ApiKey::parse(token).ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid API key"))?;
     let hash = key.hash();
     let cached = match state.keys.get(&hash) {
         Some(c) => c,
         None => {
             let owner = db::keys::find_owner(&state.pool, &hash)
                 .await?
-                .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+                .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid API key"))?;
             let mut conn = state.pool.acquire().await?;
             let tenant = db::tenants::get(&mut conn, &owner.tenant)
                 .await?
-                .ok_or_else(|| ApiError::unauthorized("unauthorized", "invalid API key"))?;
+                .ok_or_else(|| ApiError::new(Code::Unauthorized, "invalid API key"))?;
             let entry = Cached {
                 caller: Caller {
                     tenant,
@@ -167,11 +167,11 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         }
     };
     if cached.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::unauthorized("key_expired", "API key has expired"));
+        return Err(ApiError::new(Code::KeyExpired, "API key has expired"));
     }
     if cached.caller.tenant.status == TenantStatus::Inactive {
-        return Err(ApiError::unauthorized(
-            "tenant_inactive",
+        return Err(ApiError::new(
+            Code::TenantInactive,
             "the tenant is inactive; its keys are refused",
         ));
     }
@@ -195,8 +195,8 @@ impl FromRequestParts<AppState> for Admin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Some(expected) = &state.settings.admin_token else {
-            return Err(ApiError::forbidden(
-                "admin_api_disabled",
+            return Err(ApiError::new(
+                Code::AdminApiDisabled,
                 "the admin API is off; set TENANTRY_ADMIN_TOKEN to enable it",
             ));
         };
@@ -204,10 +204,7 @@ impl FromRequestParts<AppState> for Admin {
         if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) {
             Ok(Admin)
         } else {
-            Err(ApiError::unauthorized(
-                "unauthorized",
-                "invalid admin token",
-            ))
+            Err(ApiError::new(Code::Unauthorized, "invalid admin token"))
         }
     }
 }

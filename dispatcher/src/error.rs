@@ -9,12 +9,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tenantry::db::DbError;
+use tenantry::error_code::Code;
 use tenantry::quota::QuotaExceeded;
 
 #[derive(Debug)]
 pub struct ApiError {
+    /// Derived from `code` by the table in [`tenantry::error_code`]; only a quota that
+    /// waiting cannot free answers otherwise (403, see [`ApiError::quota`]).
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// Sent as `Retry-After` (seconds) with 429 and 503.
     pub retry_after: Option<Duration>,
@@ -27,12 +30,20 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// The code of an error answer, attached to the response's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
+pub struct ErrorCode(pub Code);
+
+/// The status the table gives `code`. A code the HTTP edge never answers is a server
+/// bug if it gets here: 500.
+fn status_of(code: Code) -> StatusCode {
+    code.http_status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: status_of(code),
             code,
             message: message.into(),
             retry_after: None,
@@ -40,49 +51,24 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, message)
-    }
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, message)
-    }
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+        Self::new(Code::NotFound, format!("{what} not found"))
     }
     /// An invalid value: the message names the field.
     pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_value",
-            format!("{field}: {message}"),
-        )
-        .with_details(json!({ "field": field }))
+        Self::new(Code::InvalidValue, format!("{field}: {message}"))
+            .with_details(json!({ "field": field }))
     }
     pub fn unavailable(what: &str) -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            Code::Unavailable,
             format!("{what} is unavailable; try again shortly"),
         )
         .with_retry_after(Duration::from_secs(5))
     }
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(Code::Internal, "internal error")
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -97,17 +83,16 @@ impl ApiError {
     /// 429 where waiting frees the resource (hourly calls, concurrent jobs), 403
     /// where only deleting or a higher limit can (documents, storage, collections).
     pub fn quota(q: &QuotaExceeded, retry_after: Option<Duration>) -> Self {
-        let status = if q.resource.frees_up_by_itself() {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        let mut err = Self::new(status, "quota_exceeded", q.to_string()).with_details(json!({
+        let mut err = Self::new(Code::QuotaExceeded, q.to_string()).with_details(json!({
             "resource": q.resource,
             "limit": q.limit,
             "current_usage": q.used,
         }));
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        // The one status the table cannot give: the same code, answered by resource.
+        if !q.resource.frees_up_by_itself() {
+            err.status = StatusCode::FORBIDDEN;
+        }
+        if err.status == StatusCode::TOO_MANY_REQUESTS {
             err.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(1)));
         }
         err
@@ -140,11 +125,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::debug!(
                 status = self.status.as_u16(),
-                code = self.code,
+                code = self.code.as_str(),
                 "Request failed."
             );
         }
-        let mut error = json!({ "code": self.code, "message": self.message });
+        let mut error = json!({ "code": self.code.as_str(), "message": self.message });
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
             (self.details.map(|d| *d), error.as_object_mut())
         {

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tenantry::error_code::Code;
 
 use crate::body::{self, BodyError};
 use crate::error::ApiError;
@@ -53,8 +54,7 @@ where
 
 fn too_large() -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        Code::PayloadTooLarge,
         "request body exceeds the configured limit (TENANTRY_MAX_BODY_BYTES)",
     )
 }
@@ -63,13 +63,13 @@ fn bytes_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         too_large()
     } else {
-        ApiError::bad_request("bad_request", rejection.body_text())
+        ApiError::new(Code::BadRequest, rejection.body_text())
     }
 }
 
 fn malformed(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(
-        "malformed_json",
+    ApiError::new(
+        Code::MalformedJson,
         format!("request body is not valid JSON: {e}"),
     )
 }
@@ -89,12 +89,11 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
                 .unwrap_or_else(|| e.body_text()),
         ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             "send the body as JSON with Content-Type: application/json",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-        other => ApiError::bad_request("bad_request", other.body_text()),
+        other => ApiError::new(Code::BadRequest, other.body_text()),
     }
 }
 
@@ -141,7 +140,7 @@ where
 }
 
 fn path_rejection(rejection: PathRejection) -> ApiError {
-    ApiError::bad_request("invalid_path", rejection.body_text())
+    ApiError::new(Code::InvalidPath, rejection.body_text())
 }
 
 /// The query of a paged list filtered by status: `?status=&limit=&cursor=`.
@@ -193,8 +192,8 @@ where
             .query()
             .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
         {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                Code::InvalidQuery,
                 "the query string must not contain the NUL character (%00)",
             ));
         }
@@ -206,5 +205,5 @@ where
 }
 
 fn query_rejection(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_query", rejection.body_text())
+    ApiError::new(Code::InvalidQuery, rejection.body_text())
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::json;
+use tenantry::error_code::Code;
 use tenantry::quota::{self, CallCount, ResourceKind};
 use tenantry::tenancy::TenantId;
 
@@ -123,8 +124,7 @@ pub fn shape(state: &AppState, tenant: &TenantId) -> ApiResult<()> {
     if let Some((wait, limit)) = state.calls.check(tenant) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Err(ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            Code::RateLimited,
             format!(
                 "{} exceeded: calls are spread over the hour ({limit} per hour); retry in {secs} s",
                 ResourceKind::ApiCallsPerHour

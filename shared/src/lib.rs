@@ -12,6 +12,7 @@
 //! - [`db`]: Postgres pool, migrations, one module per table family.
 //! - [`chunk`], [`embed`], [`ingest`]: text → chunks → vectors → points.
 //! - [`vector`]: the `VectorStore` trait and its back-ends.
+//! - [`error_code`]: every error code once, with its HTTP status and meaning.
 //! - [`telemetry`]: logging setup.
 //! - [`metrics`]: metric names, the process registry, the text exposition.
 //! - [`fleet`]: queues, per-tenant backlog, live workers: what operators watch.
@@ -29,6 +30,7 @@ pub mod chunk;
 pub mod config;
 pub mod db;
 pub mod embed;
+pub mod error_code;
 pub mod failpoint;
 pub mod fleet;
 pub mod ingest;

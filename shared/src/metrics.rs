@@ -14,6 +14,7 @@
 //! one of four, `queue` one of the fleet's seven queues, and `tenant` at most
 //! `TENANTRY_METRICS_TOP_TENANTS` tenants plus `_other`.
 
+use crate::error_code::Code;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -273,16 +274,18 @@ impl Metrics {
         }
     }
 
-    /// A job failed for good; `reason` is its error code (a fixed set of words).
-    pub fn job_failed(&self, reason: &str, duration: Option<Duration>) {
-        self.jobs_failed.with_label_values(&[reason]).inc();
+    /// A job failed for good; the `reason` label is its error code (a fixed set of words).
+    pub fn job_failed(&self, reason: Code, duration: Option<Duration>) {
+        self.jobs_failed.with_label_values(&[reason.as_str()]).inc();
         if let Some(d) = duration {
             self.job_duration.observe(d.as_secs_f64());
         }
     }
 
-    pub fn job_retried(&self, reason: &str) {
-        self.jobs_retried.with_label_values(&[reason]).inc();
+    pub fn job_retried(&self, reason: Code) {
+        self.jobs_retried
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     pub fn job_deferred(&self) {
@@ -410,7 +413,7 @@ mod tests {
             Duration::from_millis(120),
             &serde_json::json!({"chunk": 1.5, "embed": 20.0, "upsert": 80.0, "record": 4.0}),
         );
-        m.job_failed("no_content", None);
+        m.job_failed(Code::NoContent, None);
         m.quota_rejected("DOCUMENTS");
         {
             let _g = m.in_flight_guard();

@@ -20,6 +20,7 @@ use tenantry::chunk::ChunkParams;
 use tenantry::db::attempts::{self, AttemptOutcome};
 use tenantry::db::jobs::{self as job_db, Outcome, StartOutcome, StartedJob};
 use tenantry::embed::EmbedError;
+use tenantry::error_code::Code;
 use tenantry::ingest;
 use tenantry::job::{JobMessage, JobOptions, JobRef};
 use tenantry::tenancy::{DatabaseName, Namespace};
@@ -96,20 +97,20 @@ fn part_of(message: &JobMessage, jobs: Vec<JobRef>) -> Option<JobMessage> {
 /// A failure while processing a started job.
 #[derive(Debug, Clone)]
 struct StageError {
-    code: &'static str,
+    code: Code,
     message: String,
     retryable: bool,
 }
 
 impl StageError {
-    fn permanent(code: &'static str, message: impl Into<String>) -> Self {
+    fn permanent(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
             retryable: false,
         }
     }
-    fn retryable(code: &'static str, message: impl Into<String>) -> Self {
+    fn retryable(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -123,9 +124,9 @@ impl From<VectorError> for StageError {
         let retryable = e.is_retryable();
         Self {
             code: if retryable {
-                "vector_store_unavailable"
+                Code::VectorStoreUnavailable
             } else {
-                "vector_store_refused"
+                Code::VectorStoreRefused
             },
             message: e.to_string(),
             retryable,
@@ -138,9 +139,9 @@ impl From<EmbedError> for StageError {
         let retryable = e.is_retryable();
         Self {
             code: if retryable {
-                "embedder_unavailable"
+                Code::EmbedderUnavailable
             } else {
-                "embedder_refused"
+                Code::EmbedderRefused
             },
             message: e.to_string(),
             retryable,
@@ -209,13 +210,13 @@ async fn process_group(ctx: &WorkerContext, message: JobMessage) -> Disposition 
                     &ctx.pool,
                     &tenant.id,
                     job.job_id,
-                    "tenant_inactive",
+                    Code::TenantInactive,
                     &reason,
                 )
                 .await
                 {
                     Ok(true) => {
-                        ctx.metrics.job_failed("tenant_inactive", None);
+                        ctx.metrics.job_failed(Code::TenantInactive, None);
                         ctx.count_done();
                     }
                     Ok(false) => {}
@@ -238,7 +239,7 @@ async fn process_group(ctx: &WorkerContext, message: JobMessage) -> Disposition 
             StartOutcome::Started(job) => works.push(Work {
                 reference: reference.clone(),
                 job: *job,
-                state: Err(StageError::retryable("not_started", "not processed")),
+                state: Err(StageError::retryable(Code::NotStarted, "not processed")),
                 timings: Map::new(),
             }),
             StartOutcome::AlreadyDone(status) => {
@@ -271,9 +272,9 @@ async fn chunk(ctx: &WorkerContext, tenant: &Tenant, works: &mut [Work]) {
                 .job
                 .options
                 .resolve(p)
-                .map_err(|e| StageError::permanent("invalid_options", e.to_string())),
+                .map_err(|e| StageError::permanent(Code::InvalidOptions, e.to_string())),
             Err(e) => Err(StageError::permanent(
-                "invalid_configuration",
+                Code::InvalidConfiguration,
                 e.to_string(),
             )),
         };
@@ -291,7 +292,7 @@ async fn chunk(ctx: &WorkerContext, tenant: &Tenant, works: &mut [Work]) {
                 ingest::chunk_payloads(job.doc.reference(), &job.doc.text, &params)
             })
             .await
-            .map_err(|e| StageError::retryable("worker_error", e.to_string()))
+            .map_err(|e| StageError::retryable(Code::WorkerError, e.to_string()))
         } else {
             Ok(ingest::chunk_payloads(
                 job.doc.reference(),
@@ -301,7 +302,7 @@ async fn chunk(ctx: &WorkerContext, tenant: &Tenant, works: &mut [Work]) {
         };
         work.state = match payloads {
             Ok(p) if p.is_empty() => Err(StageError::permanent(
-                "no_content",
+                Code::NoContent,
                 "the document has no text to index",
             )),
             Ok(payloads) => Ok(Stage {
@@ -443,7 +444,7 @@ async fn record(
     for mut work in works {
         match std::mem::replace(
             &mut work.state,
-            Err(StageError::retryable("recorded", "recorded")),
+            Err(StageError::retryable(Code::NotStarted, "recorded")),
         ) {
             Ok(stage) => {
                 let outcome = Outcome {
@@ -485,7 +486,7 @@ async fn record(
                     ctx.count_done();
                 }
                 Ok(Err(quota)) => {
-                    let e = StageError::permanent("quota_exceeded", quota.to_string());
+                    let e = StageError::permanent(Code::QuotaExceeded, quota.to_string());
                     failed.push((work, e));
                 }
                 Err(e) => {
@@ -546,7 +547,7 @@ async fn fail_or_retry(
     let attempt = work.job.attempt;
     let job_id = work.job.doc.job_id;
     if e.retryable && (attempt as u32) < ctx.settings.worker.max_attempts {
-        tracing::warn!(attempt, code = e.code, error = %e.message, "Attempt failed; retrying later.");
+        tracing::warn!(attempt, code = e.code.as_str(), error = %e.message, "Attempt failed; retrying later.");
         ctx.metrics.job_retried(e.code);
         if let Err(db) =
             job_db::retry_later(&ctx.pool, &tenant.id, job_id, e.code, &e.message).await
@@ -576,7 +577,7 @@ async fn fail_or_retry(
     } else {
         e.message
     };
-    tracing::warn!(code, error = %reason, "Job failed.");
+    tracing::warn!(code = code.as_str(), error = %reason, "Job failed.");
     // A failed job writes nothing: remove whatever an attempt may have upserted.
     let ns = namespace(ctx, tenant, &work.job.doc.database);
     if let Err(e) = ctx
@@ -617,7 +618,7 @@ async fn end_attempt(
     job_id: Uuid,
     attempt: i32,
     outcome: AttemptOutcome,
-    error: Option<(&str, &str)>,
+    error: Option<(Code, &str)>,
 ) {
     if let Err(e) = attempts::end(&ctx.pool, &tenant.id, job_id, attempt, outcome, error).await {
         tracing::warn!(attempt, error = %e, "Could not record the end of an attempt.");

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tenantry::api_key::ApiKey;
 use tenantry::db::{self, tenants::NewTenant, tenants::TenantWriteError};
+use tenantry::error_code::Code;
 use tenantry::tenancy::{IsolationMode, TenantId};
 use tenantry::tenant::{Tenant, TenantChanges, TenantStatus};
 use uuid::Uuid;
@@ -95,8 +96,8 @@ pub async fn create_tenant(
     };
     match db::tenants::create(&state.pool, &new, Admin::ACTOR).await {
         Ok(tenant) => Ok((StatusCode::CREATED, Json(tenant)).into_response()),
-        Err(TenantWriteError::Exists(id)) => Err(ApiError::conflict(
-            "tenant_exists",
+        Err(TenantWriteError::Exists(id)) => Err(ApiError::new(
+            Code::TenantExists,
             format!("tenant {id} already exists"),
         )),
         Err(TenantWriteError::UnknownPlan(plan)) => {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tenantry::db::{self, dead_letters::ReplayError, dead_letters::ReplayOutcome};
+use tenantry::error_code::Code;
 use tenantry::tenancy::TenantId;
 use uuid::Uuid;
 
@@ -75,14 +76,14 @@ pub async fn replay(
         }
         Ok(ReplayOutcome::NotFound) => Err(ApiError::not_found("dead letter")),
         Ok(ReplayOutcome::NotReplayable(why)) => {
-            Err(ApiError::conflict("not_replayable", why.to_owned()))
+            Err(ApiError::new(Code::NotReplayable, why.to_owned()))
         }
-        Ok(ReplayOutcome::AlreadyReplayed(at)) => Err(ApiError::conflict(
-            "already_replayed",
+        Ok(ReplayOutcome::AlreadyReplayed(at)) => Err(ApiError::new(
+            Code::AlreadyReplayed,
             format!("this dead letter was replayed at {}", at.to_rfc3339()),
         )),
-        Ok(ReplayOutcome::JobNotFailed(status)) => Err(ApiError::conflict(
-            "job_not_failed",
+        Ok(ReplayOutcome::JobNotFailed(status)) => Err(ApiError::new(
+            Code::JobNotFailed,
             format!("the job is {status}; only FAILED jobs can be replayed"),
         )),
         Err(ReplayError::Quota(q)) => Err(ApiError::quota(&q, None)),

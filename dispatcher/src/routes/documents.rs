@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tenantry::db::{self, documents::DeleteOutcome};
+use tenantry::error_code::Code;
 use tenantry::tenancy::Namespace;
 use uuid::Uuid;
 
@@ -31,8 +32,8 @@ pub async fn delete_document(
     {
         DeleteOutcome::NotFound => return Err(ApiError::not_found("document")),
         DeleteOutcome::InProgress => {
-            return Err(ApiError::conflict(
-                "document_in_progress",
+            return Err(ApiError::new(
+                Code::DocumentInProgress,
                 "the document's job is pending or processing; cancel it (DELETE /v1/jobs/{id}) or wait until it ends",
             ));
         }

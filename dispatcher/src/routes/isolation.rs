@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tenantry::db::{self, isolation::SwitchOutcome};
+use tenantry::error_code::Code;
 use tenantry::tenancy::IsolationMode;
 
 use crate::auth::Admin;
@@ -40,8 +41,8 @@ pub async fn patch_isolation(
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     match db::isolation::switch(&mut tx, &id, body.isolation).await? {
         SwitchOutcome::NotFound => Err(ApiError::not_found("tenant")),
-        SwitchOutcome::Busy(running) => Err(ApiError::conflict(
-            "isolation_move_in_progress",
+        SwitchOutcome::Busy(running) => Err(ApiError::new(
+            Code::IsolationMoveInProgress,
             format!(
                 "the tenant's points are still moving from {} to {}; try again when GET /v1/admin/tenants/{id}/isolation says finished",
                 running.from.as_str(),

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use tenantry::db::jobs::{
     self as job_db, Accepted, CancelOutcome, NewJob, Request, RequestOutcome, SubmitError,
 };
+use tenantry::error_code::Code;
 use tenantry::ingest::{self, DocumentRef};
 use tenantry::job::{JobOptions, JobStatus, Priority};
 use tenantry::tenancy::DatabaseName;
@@ -137,8 +138,8 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
                 && k.bytes().all(|b| b.is_ascii_graphic())
         })
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_header",
+            ApiError::new(
+                Code::InvalidHeader,
                 format!(
                     "Idempotency-Key must be 1–{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
                 ),
@@ -149,8 +150,8 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 fn refuse_if_suspended(caller: &Caller) -> ApiResult<()> {
     if caller.tenant.status == TenantStatus::Suspended {
-        return Err(ApiError::forbidden(
-            "tenant_suspended",
+        return Err(ApiError::new(
+            Code::TenantSuspended,
             "the tenant is suspended: submissions are refused until it is reactivated",
         ));
     }
@@ -257,7 +258,7 @@ fn answer(state: &AppState, outcome: Result<Accepted, SubmitError>) -> ApiResult
             Err(ApiError::quota(&q, None))
         }
         Err(e @ SubmitError::ModelMismatch { .. }) => {
-            Err(ApiError::conflict("model_mismatch", e.to_string()))
+            Err(ApiError::new(Code::ModelMismatch, e.to_string()))
         }
     }
 }
@@ -375,7 +376,7 @@ pub async fn submit_batch(
                 json!({ "index": i, "status": view.status, "job_id": view.job_id, "document_id": view.document_id })
             }
             Err(e) if e.status.is_server_error() => return Err(e),
-            Err(e) => json!({ "index": i, "error": { "code": e.code, "message": e.message, "status": e.status.as_u16() } }),
+            Err(e) => json!({ "index": i, "error": { "code": e.code.as_str(), "message": e.message, "status": e.status.as_u16() } }),
         });
     }
     if accepted_count > 0 {
@@ -447,8 +448,8 @@ pub async fn cancel(
             Ok(Json(view).into_response())
         }
         CancelOutcome::NotFound => Err(ApiError::not_found("job")),
-        CancelOutcome::NotCancellable(status) => Err(ApiError::conflict(
-            "job_not_cancellable",
+        CancelOutcome::NotCancellable(status) => Err(ApiError::new(
+            Code::JobNotCancellable,
             format!("the job is {status}; only PENDING jobs can be cancelled"),
         )),
     }

@@ -135,7 +135,7 @@ pub async fn count_refusals(
         let code = response
             .extensions()
             .get::<ErrorCode>()
-            .map_or("unknown", |c| c.0);
+            .map_or("unknown", |c| c.0.as_str());
         state.metrics.rate_limited(code);
     }
     response

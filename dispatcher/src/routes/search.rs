@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tenantry::db;
 use tenantry::embed::EmbedError;
+use tenantry::error_code::Code;
 use tenantry::tenancy::{
     CHUNK_INDEX_KEY, DOCUMENT_KEY, DatabaseName, METADATA_KEY, Namespace, TENANT_KEY, TEXT_KEY,
 };
@@ -181,8 +182,8 @@ pub async fn search(
     };
     let (model, dimension) = (state.embedder.model(), state.embedder.dimension());
     if spec.model != model || spec.dimension != dimension {
-        return Err(ApiError::conflict(
-            "model_mismatch",
+        return Err(ApiError::new(
+            Code::ModelMismatch,
             format!(
                 "database {} holds vectors of model {} ({} dimensions); this fleet embeds with {model} ({dimension} dimensions)",
                 valid.database, spec.model, spec.dimension

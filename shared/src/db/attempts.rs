@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::error_code::Code;
 use crate::tenancy::TenantId;
 
 /// How an attempt ended.
@@ -104,7 +105,7 @@ pub async fn end(
     job_id: Uuid,
     attempt: i32,
     outcome: AttemptOutcome,
-    error: Option<(&str, &str)>,
+    error: Option<(Code, &str)>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE job_attempts SET outcome = $4, ended_at = now(), error_code = $5, error = $6
@@ -115,7 +116,7 @@ pub async fn end(
     .bind(job_id)
     .bind(attempt)
     .bind(outcome.as_str())
-    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.0.as_str()))
     .bind(error.map(|e| e.1))
     .execute(pool)
     .await?;

@@ -24,6 +24,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::{THIS_HOUR, attempts, webhooks};
+use crate::error_code::Code;
 use crate::job::{JobOptions, JobStatus, Priority};
 use crate::quota::{self, Ledger, Limits, QuotaError, QuotaExceeded};
 use crate::tenancy::{DatabaseName, TenantId};
@@ -721,11 +722,12 @@ pub async fn cancel(
     let document_id: Uuid = row.try_get("document_id")?;
     sqlx::query(
         "UPDATE jobs SET status = 'CANCELLED', finished_at = now(), updated_at = now(), body = NULL,
-                error_code = 'cancelled', error = 'cancelled by the tenant'
+                error_code = $3, error = 'cancelled by the tenant'
           WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant.as_str())
     .bind(job_id)
+    .bind(Code::Cancelled.as_str())
     .execute(&mut *tx)
     .await?;
     release_document_quota(&mut tx, tenant, document_id, "DELETED").await?;
@@ -1305,7 +1307,7 @@ pub async fn fail(
     pool: &PgPool,
     tenant: &TenantId,
     job_id: Uuid,
-    code: &str,
+    code: Code,
     message: &str,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -1347,7 +1349,7 @@ async fn end_job(
     tenant: &TenantId,
     job_id: Uuid,
     status: JobStatus,
-    error: Option<(&str, &str)>,
+    error: Option<(Code, &str)>,
     outcome: &Outcome,
     keep_text: bool,
 ) -> Result<(), sqlx::Error> {
@@ -1368,7 +1370,7 @@ async fn end_job(
     .bind(outcome.chunks)
     .bind(&outcome.timings)
     .bind(&outcome.params)
-    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.0.as_str()))
     .bind(error.map(|e| e.1))
     .bind(keep_text)
     .execute(&mut *conn)
@@ -1384,7 +1386,7 @@ pub async fn retry_later(
     pool: &PgPool,
     tenant: &TenantId,
     job_id: Uuid,
-    code: &str,
+    code: Code,
     message: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -1393,7 +1395,7 @@ pub async fn retry_later(
     )
     .bind(tenant.as_str())
     .bind(job_id)
-    .bind(code)
+    .bind(code.as_str())
     .bind(message)
     .execute(pool)
     .await?;

@@ -17,6 +17,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::error_code::Code;
 use crate::job::JobStatus;
 use crate::quota::{QuotaExceeded, ResourceKind, WARNING_PERCENT};
 use crate::tenancy::TenantId;
@@ -50,10 +51,10 @@ pub async fn job_ended(
     tenant: &TenantId,
     job_id: Uuid,
     status: JobStatus,
-    error: Option<(&str, &str)>,
+    error: Option<(Code, &str)>,
 ) -> Result<(), sqlx::Error> {
     jobs_ended(conn, &[(tenant.clone(), job_id)], status).await?;
-    if let Some(("quota_exceeded", message)) = error
+    if let Some((Code::QuotaExceeded, message)) = error
         && let Some(resource) = message
             .split_whitespace()
             .next()
