@@ -175,6 +175,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
             "the tenant is inactive; its keys are refused",
         ));
     }
+    crate::request_span::record_tenant(&cached.caller.tenant.id);
     Ok(cached.caller)
 }
 

@@ -1,6 +1,8 @@
-//! The one user-facing error of the HTTP API: a stable machine-readable code, a
-//! message, and the status it maps to. Every handler returns it; it is logged in one
-//! place (`IntoResponse`), server-side failures at error level with their cause.
+//! The one user-facing error of the HTTP API: a stable machine-readable code (from the
+//! table in [`tenantry::error_code`]), a message, and the status the table maps it to.
+//! Every handler returns it. Nothing here logs: the answer carries its code and, for a
+//! server-side failure, its [`Cause`] in the response's extensions, and the request
+//! span's response hook ([`crate::request_span`]) logs it once.
 
 use std::time::Duration;
 
@@ -24,6 +26,16 @@ pub struct ApiError {
     /// Extra fields merged into the error object (e.g. the exceeded resource). Boxed:
     /// the error travels in every `Result` of every handler, and is rarely detailed.
     pub details: Option<Box<serde_json::Value>>,
+    /// What went wrong on our side, for the log only (the caller is not told).
+    pub cause: Option<Cause>,
+}
+
+/// A server-side failure's cause: logged with the request, never sent to the caller.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    /// What the server was doing, as a log message (a capitalised sentence).
+    pub context: &'static str,
+    pub error: String,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -48,6 +60,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             details: None,
+            cause: None,
         }
     }
 
@@ -66,9 +79,17 @@ impl ApiError {
         )
         .with_retry_after(Duration::from_secs(5))
     }
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self::new(Code::Internal, "internal error")
+    pub fn internal(context: &'static str, err: impl std::fmt::Display) -> Self {
+        Self::new(Code::Internal, "internal error").with_cause(context, err)
+    }
+
+    /// Records why, for the log (see [`Cause`]).
+    pub fn with_cause(mut self, context: &'static str, err: impl std::fmt::Display) -> Self {
+        self.cause = Some(Cause {
+            context,
+            error: err.to_string(),
+        });
+        self
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -102,8 +123,7 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if tenantry::db::is_unavailable(&e) {
-            tracing::warn!(error = %e, "Postgres unavailable.");
-            Self::unavailable("the database")
+            Self::unavailable("the database").with_cause("Postgres unavailable.", e)
         } else {
             Self::internal("Database query failed.", e)
         }
@@ -114,7 +134,9 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Sql(e) => e.into(),
-            other if other.is_unavailable() => Self::unavailable("the database"),
+            other if other.is_unavailable() => {
+                Self::unavailable("the database").with_cause("Postgres unavailable.", other)
+            }
             other => Self::internal("Database failure.", other),
         }
     }
@@ -122,13 +144,6 @@ impl From<DbError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::debug!(
-                status = self.status.as_u16(),
-                code = self.code.as_str(),
-                "Request failed."
-            );
-        }
         let mut error = json!({ "code": self.code.as_str(), "message": self.message });
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
             (self.details.map(|d| *d), error.as_object_mut())
@@ -138,8 +153,12 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
-        // For middleware that counts refusals (metrics) without reading the body.
+        // For middleware that counts refusals (metrics) and for the request span's
+        // response hook, which logs the error once.
         response.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

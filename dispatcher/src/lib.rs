@@ -9,6 +9,7 @@
 //! - [`pump`]: publishes the Postgres backlog to the broker, fairly, with confirms.
 //! - [`webhooks`]: the webhook delivery loop over the Postgres outbox.
 //! - [`error`]: the one API error type and its stable codes.
+//! - [`request_span`]: the span of every HTTP call, and the one place errors are logged.
 //! - [`extract`]: JSON, path and query extractors with our error shape.
 //! - [`body`]: the rules every JSON body is read by (no NUL, objects for structs).
 
@@ -21,6 +22,7 @@ pub mod extract;
 pub mod mover;
 pub mod pump;
 pub mod rate_limit;
+pub mod request_span;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -89,5 +89,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ops_admin::count_refusals,
         ))
+        // Outermost: the span covers the whole call, refusals by the layers above included.
+        .layer(crate::request_span::layer())
         .with_state(state)
 }

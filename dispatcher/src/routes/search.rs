@@ -160,8 +160,7 @@ fn parse_filter(conditions: Map<String, Value>) -> ApiResult<Vec<FieldMatch>> {
 pub(crate) fn vector_error(e: VectorError) -> ApiError {
     match e {
         VectorError::Unavailable(_) => {
-            tracing::warn!(error = %e, "Vector store unavailable.");
-            ApiError::unavailable("the vector store")
+            ApiError::unavailable("the vector store").with_cause("Vector store unavailable.", e)
         }
         other => ApiError::internal("Vector store failed.", other),
     }
@@ -199,8 +198,9 @@ pub async fn search(
             ));
         }
         Err(EmbedError::Unavailable(e)) => {
-            tracing::warn!(error = %e, "Embedder unavailable.");
-            return Err(ApiError::unavailable("the embedder"));
+            return Err(
+                ApiError::unavailable("the embedder").with_cause("Embedder unavailable.", e)
+            );
         }
         Err(EmbedError::Rejected(e)) => {
             return Err(ApiError::invalid(

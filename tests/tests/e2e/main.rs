@@ -8,6 +8,7 @@ mod fairness;
 mod hostile;
 mod ops;
 mod quotas;
+mod request_span;
 mod skeleton;
 mod tenants;
 mod vectors;
