@@ -302,8 +302,9 @@ impl Metrics {
         self.quota_rejections.with_label_values(&[resource]).inc();
     }
 
-    pub fn rate_limited(&self, code: &str) {
-        self.rate_limited.with_label_values(&[code]).inc();
+    /// A call answered 429; the `code` label is its error code.
+    pub fn rate_limited(&self, code: Code) {
+        self.rate_limited.with_label_values(&[code.as_str()]).inc();
     }
 
     /// Deliveries this process's workers are handling now.

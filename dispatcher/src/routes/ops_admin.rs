@@ -131,12 +131,11 @@ pub async fn count_refusals(
     next: Next,
 ) -> Response {
     let response = next.run(request).await;
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        let code = response
-            .extensions()
-            .get::<ErrorCode>()
-            .map_or("unknown", |c| c.0.as_str());
-        state.metrics.rate_limited(code);
+    // Every 429 of this router is an `ApiError`, so it carries its code.
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>()
+    {
+        state.metrics.rate_limited(*code);
     }
     response
 }
