@@ -168,3 +168,48 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tenantry::quota::ResourceKind;
+
+    use super::*;
+
+    #[test]
+    fn every_answer_takes_its_status_from_the_table() {
+        for &code in Code::ALL {
+            let response = ApiError::new(code, "x").into_response();
+            let expected = code.http_status().unwrap_or(500);
+            assert_eq!(response.status().as_u16(), expected, "{code}");
+            assert_eq!(
+                response.extensions().get::<ErrorCode>(),
+                Some(&ErrorCode(code))
+            );
+        }
+    }
+
+    #[test]
+    fn a_quota_is_429_when_waiting_frees_it_and_403_when_not() {
+        let refused = |resource| {
+            let q = QuotaExceeded {
+                resource,
+                limit: 1,
+                used: 1,
+                requested: 1,
+            };
+            ApiError::quota(&q, None)
+        };
+        let calls = refused(ResourceKind::ApiCallsPerHour);
+        assert_eq!(
+            (calls.status, calls.code),
+            (StatusCode::TOO_MANY_REQUESTS, Code::QuotaExceeded)
+        );
+        assert!(calls.retry_after.is_some());
+        let documents = refused(ResourceKind::Documents);
+        assert_eq!(
+            (documents.status, documents.code),
+            (StatusCode::FORBIDDEN, Code::QuotaExceeded)
+        );
+        assert!(documents.retry_after.is_none());
+    }
+}
