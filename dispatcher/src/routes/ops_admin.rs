@@ -46,6 +46,7 @@ pub fn operator_router(state: AppState) -> Router {
             get(|State(state): State<AppState>| async move { render(&state).await }),
         )
         .route("/healthz", get(super::ops::healthz))
+        .layer(crate::request_span::layer())
         .with_state(state)
 }
 
